@@ -21,6 +21,7 @@ import sys
 from collections import Counter
 from dataclasses import dataclass, field
 
+import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[Q]", "[P]", "[BOS]", "[EOS]"]  # ids 0..8, in this order
@@ -264,6 +265,38 @@ def encode(tok, texts, max_len, prefix=()):
     return [list(prefix) + e.ids[:max_len - len(prefix)] for e in tok.encode_batch(list(texts), add_special_tokens=False)]
 
 
+# ----------------------------------------------------------------------------- noise for pre-training
+
+def mlm_mask(ids, mask, prob, vocab_size, gen):
+    """BERT masking of a padded batch ids, mask [B, T] (position 0, the marker, is never picked): each real token
+    is picked with probability `prob`; a picked token becomes [MASK] (80 %), a random non-special token (10 %) or
+    stays (10 %). -> (corrupted ids [B, T], picked [B, T] bool: the positions to predict)."""
+    r = torch.rand(ids.shape, generator=gen)                                           # one draw decides both
+    picked = (r < prob) & mask
+    picked[:, 0] = False
+    x = ids.clone()
+    x[picked & (r < 0.8 * prob)] = MASK
+    swap = picked & (r >= 0.8 * prob) & (r < 0.9 * prob)
+    x[swap] = torch.randint(len(SPECIALS), vocab_size, (int(swap.sum()),), generator=gen)
+    return x, picked
+
+
+def span_corrupt(tokens, noise, gen, mean_span=3):
+    """mT5-style span corruption with one sentinel, [MASK]: about `noise` of the tokens, in spans of mean_span
+    starting at random places, are dropped. -> (input: each dropped span replaced by one [MASK],
+    target: [MASK] span_1 [MASK] span_2 ...). Putting each target span back at its [MASK] gives `tokens`."""
+    drop = [False] * len(tokens)
+    for s in torch.randint(max(1, len(tokens)), (max(1, round(noise * len(tokens) / mean_span)),), generator=gen).tolist():
+        drop[s:s + mean_span] = [True] * len(drop[s:s + mean_span])
+    src, tgt = [], []
+    for j, t in enumerate(tokens):
+        if drop[j] and (j == 0 or not drop[j - 1]):
+            src.append(MASK)
+            tgt.append(MASK)
+        (tgt if drop[j] else src).append(t)
+    return src, tgt
+
+
 # ----------------------------------------------------------------------------- CLI
 
 def show(data, n=5):
@@ -295,7 +328,7 @@ def main(argv=None):
     sub = ap.add_subparsers(dest="cmd", required=True)
     a = sub.add_parser("synth", help="write the synthetic benchmark")
     a.add_argument("--out", required=True)
-    a.add_argument("--size", choices=["tiny", "small"], default="tiny")
+    a.add_argument("--size", choices=["micro", "tiny", "small"], default="tiny")
     a.add_argument("--seed", type=int, default=0)
     a = sub.add_parser("check", help="validate a data set")
     a.add_argument("dir")

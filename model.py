@@ -214,7 +214,10 @@ class DualEncoder(nn.Module):
 
     def encode(self, ids, mask):
         """ids, mask [B, T] -> e [B, C]."""
-        h = self.encoder(ids, mask)  # [B, T, C]
+        return self.pool(self.encoder(ids, mask), mask)
+
+    def pool(self, h, mask):
+        """Token states h [B, T, C] (from token_states) -> e [B, C]: CLS or mean pooling, optional L2 norm."""
         if self.cfg.pooling == "cls":
             e = h[:, 0]
         else:

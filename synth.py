@@ -128,6 +128,7 @@ LANGS = [
 ]
 PIVOT = "en"
 SIZES = {  # entities per type, train queries per resource level, dev/test queries per language
+    "micro": dict(entities=20, high=80, low=8, zero=0, dev=5, test=10),  # for the tests: seconds, not minutes
     "tiny": dict(entities=180, high=1000, low=80, zero=0, dev=40, test=100),
     "small": dict(entities=1800, high=10000, low=800, zero=0, dev=200, test=500),
 }

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 import data
 import synth
@@ -212,3 +213,49 @@ def test_learn_wordpieces_equals_slow_reference():
     assert data.learn_wordpieces(Counter({"ab": 2, "abc": 1}), 10) == ["##b", "##c", "a", "ab"]
     # a tie between (a,##a) and (##a,##a), 3 each, goes to the smaller pair in string order ('#' < 'a')
     assert data.learn_wordpieces(Counter({"aaa": 3}), 3) == ["##a", "a", "##aa"]
+
+
+# ---- noise for pre-training -----------------------------------------------------------------------------------------
+
+def refill(src, tgt):
+    """Put each target span back at its [MASK] in src: the slow obvious inverse of span_corrupt."""
+    spans, cur = [], None
+    for t in tgt:
+        if t == data.MASK:
+            cur = []
+            spans.append(cur)
+        else:
+            cur.append(t)
+    out, it = [], iter(spans)
+    for t in src:
+        out += next(it) if t == data.MASK else [t]
+    return out
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 7, 40])
+def test_span_corrupt_is_invertible_and_drops_about_noise(n):
+    g = torch.Generator().manual_seed(n)
+    tokens = list(range(100, 100 + n))
+    dropped = 0
+    for _ in range(50):
+        src, tgt = data.span_corrupt(tokens, 0.3, g)
+        assert refill(src, tgt) == tokens
+        assert src.count(data.MASK) == tgt.count(data.MASK) and (n == 0 or tgt[0] == data.MASK)
+        dropped += len(tgt) - tgt.count(data.MASK)
+    if n == 40:  # spans of 3 at 4 random starts (overlaps drop fewer): between 10 % and 30 % of the tokens
+        assert 0.1 < dropped / (50 * n) <= 0.3
+
+
+def test_mlm_mask_rates_and_specials():
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(len(data.SPECIALS), 500, (64, 50))
+    mask = torch.arange(50)[None, :] < torch.randint(10, 51, (64, 1))                  # ragged rows
+    ids[~mask] = data.PAD
+    x, picked = data.mlm_mask(ids, mask, 0.15, 500, g)
+    assert not picked[:, 0].any() and not (picked & ~mask).any()                       # never the marker or padding
+    assert torch.equal(x[~picked], ids[~picked])                                        # only picked tokens change
+    share = picked.sum() / mask[:, 1:].sum()
+    assert 0.12 < share < 0.18
+    masked = (x[picked] == data.MASK).float().mean()
+    assert 0.72 < masked < 0.88
+    assert (x[picked & (x != data.MASK)] >= len(data.SPECIALS)).all()                 # random tokens are not specials
