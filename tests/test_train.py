@@ -1,0 +1,124 @@
+"""train.py end to end on the micro synthetic benchmark: every output exists and parses, training beats no training,
+an interrupted run resumes to the same numbers, bad or partial data sets are handled."""
+import json
+import os
+import shutil
+
+import pytest
+import torch
+
+import data
+import evaluate
+import synth
+import train
+from model import DualEncoder
+
+MICRO = ("--dim 32 --n-heads 2 --n-layers 1 --n-dec-layers 1 --vocab-size 700 --max-len-p 48 --batch 16 "
+         "--rank-batch 4 --mlm-steps 30 --denoise-steps 20 --de-steps 100 --qg-steps 30 --rank-steps 10 --ce-steps 10 "
+         "--kd-steps 10 --kd-k 4 --rank-negs 3 --pool 8 --eval-k 20 --ckpt-every 5 --log-every 60").split()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from a second thread and lose a lot when the cores are busy (OpenMP spinning)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def micro(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("data"))
+    synth.generate(root, "micro", seed=0)
+    return root
+
+
+@pytest.fixture(scope="module")
+def full_run(micro, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("out"))
+    assert train.main(["--data", micro, "--out", out, *MICRO]) == 0
+    return out
+
+
+def test_every_output_exists_and_parses(full_run, micro):
+    res = json.load(open(os.path.join(full_run, "results.json")))
+    assert list(res["systems"]) == ["bm25", *train.SYSTEMS] and res["split"] == "test"
+    ds = data.load(micro)
+    for name in res["systems"]:
+        for split in ("dev", "test"):
+            run = evaluate.read_run(os.path.join(full_run, "runs", f"{name}.{split}.trec"))
+            assert set(run) == set(ds.qrels[split]) and all(len(r) == 20 for r in run.values())
+        assert set(res["systems"][name]["per_lang"]) == {"qa", "qb", "qc", "qd", "qe"}
+        assert set(res["systems"][name]["all"]) == set(train.METRICS + ["r@2kt", "r@5kt"])
+    md = open(os.path.join(full_run, "results.md"), encoding="utf-8").read()
+    assert "## recall@100" in md and "| qg_kd_align |" in md and "qc (8)" in md
+    for name in train.SYSTEMS + ["pretrain", "qg", "ce"]:
+        ck = torch.load(os.path.join(full_run, f"{name}.pt"), weights_only=True)
+        assert set(ck) == {"model", "config", "cls"}
+    assert not [f for f in os.listdir(full_run) if f.endswith((".tmp", ".partial.pt"))]
+
+
+def test_trained_de_beats_untrained(full_run, micro):
+    """On its own training queries, the trained DE ranks positives far higher than a randomly initialised one."""
+    run = train.Run(train.parse_args(["--data", micro, *MICRO])[1], data.load(micro), full_run)
+    run.tokenize()
+    qids = run.train
+
+    def mrr(de):
+        scores, ids = train.retrieve(run, de, {"train": qids})["train"]
+        ranked = {q: {run.ds.pids[i]: s for i, s in zip(row, srow)} for q, row, srow in zip(qids, ids.tolist(), scores.tolist())}
+        return evaluate.evaluate(run.ds.qrels["train"], ranked, ["mrr@10"])["all"]["mrr@10"]
+    trained, untrained = mrr(run.restore(DualEncoder, "de.pt")), mrr(run.new(DualEncoder).eval())
+    assert trained > untrained + 0.1, (trained, untrained)
+
+
+def test_interrupted_run_resumes_to_identical_results(full_run, micro, tmp_path, monkeypatch):
+    """Stop after the de stage, then kill the run inside qg_gen's training (after its step-5 checkpoint); running
+    the same command again must end with the same weights and results as the uninterrupted run."""
+    out = str(tmp_path / "out")
+    assert train.main(["--data", micro, "--out", out, "--stages", "pretrain,de", *MICRO]) == 0
+    calls = {"n": 0}
+    real = train.QueryGenerator.loss
+
+    def dying(self, *a):
+        calls["n"] += 1
+        if calls["n"] == 8:
+            raise KeyboardInterrupt
+        return real(self, *a)
+    monkeypatch.setattr(train.QueryGenerator, "loss", dying)
+    with pytest.raises(KeyboardInterrupt):
+        train.main(["--data", micro, "--out", out, *MICRO])
+    assert os.path.exists(os.path.join(out, "qg_gen.partial.pt"))
+    monkeypatch.setattr(train.QueryGenerator, "loss", real)
+    assert train.main(["--data", micro, "--out", out, *MICRO]) == 0
+    a, b = (json.load(open(os.path.join(d, "results.json"))) for d in (full_run, out))
+    assert a["systems"] == b["systems"] and a["dev"] == b["dev"]
+    for name in ("qg", "qg_kd_align"):
+        wa, wb = (torch.load(os.path.join(d, f"{name}.pt"), weights_only=True)["model"] for d in (full_run, out))
+        assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_stage_without_its_input_is_skipped(micro, tmp_path, capsys):
+    root = str(tmp_path / "data")
+    shutil.copytree(micro, root)
+    os.remove(os.path.join(root, "translations.jsonl"))
+    assert train.main(["--data", root, "--out", str(tmp_path / "out"), "--stages", "drdecr", *MICRO]) == 0
+    assert "[drdecr] skipped: no oracle translation" in capsys.readouterr().out
+
+
+def test_bad_data_set_stops_before_training(micro, tmp_path, capsys):
+    root = str(tmp_path / "data")
+    shutil.copytree(micro, root)
+    with open(os.path.join(root, "qrels", "train.tsv"), "a") as f:
+        f.write("train-qa-0\tnope\t1\n")
+    out = str(tmp_path / "out")
+    assert train.main(["--data", root, "--out", out, *MICRO]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "train.tsv:" in err and "unknown corpus id 'nope'" in err and "\n" not in err
+    assert not os.path.exists(out)
+
+
+def test_out_folder_of_another_config_is_refused(full_run, micro, capsys):
+    assert train.main(["--data", micro, "--out", full_run, *MICRO, "--seed", "1"]) == 1
+    assert "another config" in capsys.readouterr().err
