@@ -4,13 +4,136 @@ Each section prints its figures as ratios measured in one run, so machines compa
 Speed targets live here and in the issue notes, never in the tests.
 """
 import argparse
+import statistics
+import time
+from contextlib import nullcontext
 
 import torch
+import torch.nn as nn
+
+from model import Encoder, ModelConfig
+from teacher import QueryGenerator
+
+
+def timeit(*fns, repeats=5, warmup=1):
+    """Time fns side by side: `warmup` untimed calls each, then `repeats` rounds calling each fn once in turn
+    (interleaved, so load from other users hits all of them alike) -> [(min, median) seconds per call] per fn."""
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    for fn in fns:
+        for _ in range(warmup):
+            fn()
+    times = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, ts in zip(fns, times):
+            sync()
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            ts.append(time.perf_counter() - t0)
+    return [(min(ts), statistics.median(ts)) for ts in times]
+
+
+def report(name, units, work, ours, ref, goal):
+    """One line: both throughputs (work / best time), the ratio of best times (and of medians), the goal."""
+    ratio, ratio_med = ref[0] / ours[0], ref[1] / ours[1]
+    print(f"{name}: {work / ours[0]:,.0f} vs {work / ref[0]:,.0f} {units}/s = {ratio:.2f}x "
+          f"(medians {ratio_med:.2f}x; goal >= {goal}x) {'ok' if ratio >= goal else 'SHORT'}", flush=True)
+
+
+class RefEncoder(nn.Module):
+    """model.Encoder's twin built on torch.nn.TransformerEncoder: same embeddings, pre-LN GELU blocks, final LN."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.tok, self.pos = nn.Embedding(cfg.vocab_size, cfg.dim), nn.Embedding(cfg.max_len, cfg.dim)
+        self.drop = nn.Dropout(cfg.dropout)
+        layer = nn.TransformerEncoderLayer(cfg.dim, cfg.n_heads, 4 * cfg.dim, cfg.dropout, activation="gelu",
+                                           batch_first=True, norm_first=True)
+        self.blocks = nn.TransformerEncoder(layer, cfg.n_layers, norm=nn.LayerNorm(cfg.dim), enable_nested_tensor=False)
+
+    def forward(self, ids, mask):
+        x = self.drop(self.tok(ids) + self.pos(torch.arange(ids.size(1), device=ids.device)))  # [B, T, C]
+        return self.blocks(x, src_key_padding_mask=~mask)
+
+
+def random_batch(B, T, V, device, lo=4):
+    """Token ids [B, T] in [lo, V) with random lengths in [T/2, T] (the first row full), and their mask."""
+    lengths = torch.randint(T // 2, T + 1, (B,)).index_fill_(0, torch.tensor([0]), T)
+    mask = torch.arange(T)[None] < lengths[:, None]  # [B, T]
+    ids = torch.randint(lo, V, (B, T)).masked_fill(~mask, 0)
+    return ids.to(device), mask.to(device), lengths
 
 
 def bench_model(args):
     """Encoder fwd+bwd vs nn.TransformerEncoder, QG batched score vs per-pair loop, cached vs uncached generation."""
-    raise NotImplementedError("model section: issue 4")
+    cuda = torch.cuda.is_available()
+    dev = "cuda" if cuda else "cpu"
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
+    print(f"device: {torch.cuda.get_device_name() if cuda else f'cpu, {torch.get_num_threads()} threads'}, "
+          f"{'bf16 autocast' if cuda else 'fp32'}; throughputs from the best of the repeats, ours first")
+    torch.manual_seed(0)
+
+    # 1. Training step (forward, backward, AdamW) of model.Encoder vs torch.nn.TransformerEncoder.
+    V = 32000 if cuda else 4000
+    sizes = [(128, 2, 64, 32), (256, 4, 128, 8)]  # (dim, layers, T, B): B so that a CPU step takes tens of ms
+    if cuda:
+        sizes = [(128, 2, 64, 256), (256, 4, 128, 128), (768, 12, 256, 32)]
+    for dim, L, T, B in sizes:
+        cfg = ModelConfig(vocab_size=V, dim=dim, n_layers=L, n_heads=max(4, dim // 64), max_len=T, dropout=0.1)
+        ids, mask, _ = random_batch(B, T, V, dev)
+        steps = []
+        for model in (Encoder(cfg), RefEncoder(cfg)):
+            model.to(dev).train()
+            opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+            def step(model=model, opt=opt):
+                with amp:
+                    loss = model(ids, mask).float().square().mean()
+                loss.backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            steps.append(step)
+        ours, ref = timeit(*steps, repeats=10, warmup=2)
+        report(f"encoder train step d{dim}/L{L}/T{T}/B{B} vs nn.TransformerEncoder", "tokens", B * T, ours, ref, 1.0)
+
+    # 2. QueryGenerator.score: each passage encoded once, one decoder pass over Q*k pairs vs a per-pair loop.
+    cfg = ModelConfig(vocab_size=V, max_len=128, dropout=0.0)
+    qg = QueryGenerator(cfg).to(dev).eval()
+    Q, k, N, Tp, T = 16, 16, 64, 96, 24
+    p_ids, p_mask, p_len = random_batch(N, Tp, V, dev)
+    tgt, tgt_mask, t_len = random_batch(Q, T, V, dev)
+    cand = torch.rand(Q, N).argsort(1)[:, :k].to(dev)  # [Q, k] distinct passages per query
+
+    def batched(chunk=None):
+        with torch.no_grad(), amp:
+            return qg.score(p_ids, p_mask, tgt, tgt_mask, cand, chunk=chunk)
+
+    def loop():  # each pair alone, unpadded: encode the passage, decode the query, mean token log-likelihood
+        r = torch.zeros(Q, k, device=dev)
+        with torch.no_grad(), amp:
+            for i in range(Q):
+                t = tgt[i : i + 1, : t_len[i]]
+                for j, c in enumerate(cand[i].tolist()):
+                    p = p_ids[c : c + 1, : p_len[c]]
+                    m = torch.ones_like(p, dtype=torch.bool)
+                    r[i, j] = qg.token_logprobs(qg.encode(p, m), m, t, torch.ones_like(t, dtype=torch.bool)).mean()
+        return r
+
+    diff = (batched() - loop()).abs().max().item()
+    ours, chunked, ref = timeit(batched, lambda: batched(chunk=32), loop, repeats=5)
+    report(f"QG score Q{Q} x k{k} of N{N}, Tp{Tp}, T{T} vs per-pair loop", "pairs", Q * k, ours, ref, 5.0)
+    report("  the same with score(chunk=32)", "pairs", Q * k, chunked, ref, 5.0)
+    print(f"  max |batched - loop| = {diff:.2e}")
+
+    # 3. QueryGenerator.generate with the key/value cache vs recomputing the whole prefix at every step.
+    B, new = 32, 32
+    lang = torch.full((B,), 5, dtype=torch.long, device=dev)
+    gen = [lambda c=c: qg.generate(p_ids[:B], p_mask[:B], lang, new, eos_id=-1, use_cache=c) for c in (True, False)]
+    with amp:
+        same = all(torch.equal(a, b) for a, b in zip(gen[0](), gen[1]()))
+        ours, ref = timeit(*gen, repeats=5)
+    report(f"QG generate B{B}, {new} new tokens, cached vs uncached", "tokens", B * new, ours, ref, 3.0)
+    print(f"  identical outputs: {same}")
 
 
 def bench_search(args):
