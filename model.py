@@ -188,7 +188,7 @@ class Encoder(nn.Module):
 
     def mlm_logits(self, h):
         """h [B, T, C] -> [B, T, V]: logits over the vocabulary through the (tied) token-embedding matrix."""
-        return h @ self.tok.weight.t() + self.mlm_bias
+        return F.linear(h, self.tok.weight, self.mlm_bias)
 
 
 class DualEncoder(nn.Module):
