@@ -136,9 +136,127 @@ def bench_model(args):
     print(f"  identical outputs: {same}")
 
 
+def _search_data(N, d, Q, seed=0):
+    """Random float32 queries [Q, d] and passages [N, d] (the same for the same arguments)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(Q, d, generator=g), torch.randn(N, d, generator=g)
+
+
+def _search_mib(field):
+    """This process's VmRSS or VmHWM (peak RSS) in MiB, from /proc/self/status (Linux); None elsewhere."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) / 1024 for line in f if line.startswith(field + ":"))
+    except (OSError, StopIteration):
+        return None
+
+
+def _search_peak(method, N, d, Q, k, threads, queue):
+    """Run in a fresh process: the extra peak memory (MiB) of one search, VmHWM after minus VmRSS before (the peak
+    is reset to the current RSS first, through /proc/self/clear_refs). faiss's counts the copy its index makes."""
+    import search
+    torch.set_num_threads(threads)
+    q, p = _search_data(N, d, Q)
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        queue.put(None)
+        return
+    base = _search_mib("VmRSS")
+    if method == "faiss":
+        import faiss
+        faiss.omp_set_num_threads(threads)
+        index = faiss.IndexFlatIP(d)
+        index.add(p.numpy())
+        index.search(q.numpy(), k)
+    else:
+        search.exact_topk(q, p, k)
+    queue.put(_search_mib("VmHWM") - base)
+
+
+def _search_peak_mib(method, N, d, Q, k, threads):
+    import multiprocessing as mp
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_search_peak, args=(method, N, d, Q, k, threads, queue))
+    proc.start()
+    peak = queue.get()
+    proc.join()
+    return peak
+
+
+def _search_agree(q, p, ids, ref_ids):
+    """(rows with identical ids, rows whose ids differ only among near-tied passages): a row whose sorted float64
+    scores of both id lists agree to 1e-5 relative differs only by float32 rounding of the scores."""
+    same = (ids == ref_ids).all(1)
+    near = 0
+    for r in (~same).nonzero().flatten().tolist():
+        a = (p[ids[r]].double() @ q[r].double()).sort().values
+        b = (p[ref_ids[r]].double() @ q[r].double()).sort().values
+        near += bool(((a - b).abs() <= 1e-5 * b.abs().max()).all())
+    return int(same.sum()), near
+
+
 def bench_search(args):
     """exact_topk time, throughput and peak memory over a sweep of N and d (faiss side by side when installed)."""
-    raise NotImplementedError("search section: issue 6")
+    import statistics
+    import time
+    import search
+    try:
+        import faiss
+        faiss.omp_set_num_threads(args.threads)
+    except ImportError:
+        faiss = None
+    Q, k, repeats = 1000, 100, 3
+    print(f"exact_topk vs {'faiss IndexFlatIP' if faiss else 'nothing (faiss not installed)'}: Q = {Q}, k = {k}, "
+          f"float32, CPU {torch.get_num_threads()} threads; {repeats} interleaved repeats, min / median seconds; "
+          f"extra peak memory of one search in a fresh process (faiss's includes its index copy of the passages)")
+    for N in (100_000, 1_000_000):
+        for d in (64, 128, 256):
+            q, p = _search_data(N, d, Q)
+            fns = {"exact_topk": lambda: search.exact_topk(q, p, k)}
+            if faiss:
+                index = faiss.IndexFlatIP(d)
+                index.add(p.numpy())
+                fns["faiss"] = lambda: index.search(q.numpy(), k)
+            times, out = {m: [] for m in fns}, {}
+            for _ in range(repeats):
+                for m, fn in fns.items():
+                    t0 = time.perf_counter()
+                    out[m] = fn()
+                    times[m].append(time.perf_counter() - t0)
+            line = f"N {N:>9,} d {d:>3}"
+            for m in fns:
+                t, peak = min(times[m]), _search_peak_mib(m, N, d, Q, k, args.threads)
+                line += (f" | {m} {t:.3f} / {statistics.median(times[m]):.3f} s, {Q / t:,.0f} q/s, "
+                         f"{'n/a' if peak is None else f'+{peak:.0f}'} MiB")
+            if faiss:
+                ratio = min(times["exact_topk"]) / min(times["faiss"])
+                ratio_med = statistics.median(times["exact_topk"]) / statistics.median(times["faiss"])
+                same, near = _search_agree(q, p, out["exact_topk"][1], torch.from_numpy(out["faiss"][1]))
+                line += (f" | time ratio {ratio:.2f} (medians {ratio_med:.2f}; goal 1.0-1.3) | ids equal to faiss's "
+                         f"in {same}/{Q} rows, {near} more differ only among near-ties")
+                del index
+            print(line, flush=True)
+            if torch.cuda.is_available():
+                qc, pc = q.cuda(), p.cuda()
+                search.exact_topk(qc, pc, k)
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+                base = torch.cuda.memory_allocated()
+                ts = []
+                for _ in range(repeats):
+                    t0 = time.perf_counter()
+                    s, i = search.exact_topk(qc, pc, k)
+                    torch.cuda.synchronize()
+                    ts.append(time.perf_counter() - t0)
+                peak = (torch.cuda.max_memory_allocated() - base) / 2**20
+                same, near = _search_agree(q, p, i.cpu(), out["exact_topk"][1])
+                print(f"N {N:>9,} d {d:>3} | cuda exact_topk {min(ts) * 1e3:.1f} / {statistics.median(ts) * 1e3:.1f} "
+                      f"ms, {Q / min(ts):,.0f} q/s, +{peak:.0f} MiB | ids equal to the CPU's in {same}/{Q} rows, "
+                      f"{near} more differ only among near-ties", flush=True)
+                del qc, pc
 
 
 SECTIONS = {"model": bench_model, "search": bench_search}

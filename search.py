@@ -142,12 +142,14 @@ def topk_threshold(q, p, k, q_block=None, p_block=None, group=16, warm=128, merg
          becomes its new k-th best score.
     Exact: a passage can enter the final top-k only if it beats the running k-th best when it is seen (a tie goes to
     the lower id, seen earlier), and thr is never above the running k-th best, so no such passage is skipped.
-    Defaults measured on 2 CPU cores at 1M x 128, Q = 1000, k = 100 (bench.py search). Extra memory: a block of
-    scores (8 MiB), the warm-up's plain blocks, the candidates, the [Q, k] results.
+    Defaults measured at 1M x 128, Q = 1000, k = 100 on 2 shared CPU cores (bench.py search): B = 32k passages
+    (128 MiB of scores) because each parallel op waits for its slowest thread, and on busy cores that wait, not the
+    arithmetic, grows with the number of ops (B = 2k took 3x longer there; on one thread B hardly matters).
+    Extra memory: the score buffer, the warm-up's plain blocks (32 MiB), candidates, the [Q, k] results (~240 MiB).
     """
     _check(q, p, k)
     N, G = len(p), group
-    qb, pb = _blocks(len(q), q_block, p_block, 1 << 23, multiple=G)
+    qb, pb = _blocks(len(q), q_block, p_block, 1 << 27, multiple=G)
     out_s = torch.empty(len(q), k, device=q.device)
     out_i = torch.empty(len(q), k, dtype=torch.long, device=q.device)
     ar = torch.arange(G, device=q.device)
