@@ -8,6 +8,7 @@
     align_dist_loss    KL(stopgrad P_S(.|q) || P_S(.|q')), the `dist` alignment           METHOD.md 5
     align_emb_loss     in-batch contrastive between e(q') and e(q), the `emb` alignment    METHOD.md 5
     token_kd_loss      DR.DECR token-level representation KD (greedy cosine alignment)     METHOD.md 6b
+    matched_temperature  the teacher temperature whose softmax is as sharp as the student's   METHOD.md 4 (ours)
 (The `kd` alignment variant is kd_loss with teacher scores of the generated query.)
 
 Conventions, shared by every function:
@@ -18,6 +19,8 @@ Conventions, shared by every function:
 - bf16/fp16 inputs are computed in float32 (float64 stays float64); losses are means over rows (queries).
 Tests: tests/test_losses.py checks each loss against a slow float64 loop reference.
 """
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -130,6 +133,29 @@ def kd_loss(student, teacher, mask=None, tau_s=1.0, tau_t=1.0):
     if mask is not None:  # padded terms are 0 * (-inf - -inf) = NaN: make them 0 * 0
         logp_t, logp_s = logp_t.masked_fill(~mask, 0), logp_s.masked_fill(~mask, 0)
     return (p_t * (logp_t - logp_s)).sum(-1).mean()
+
+
+def mean_entropy(scores, mask=None, tau=1.0):
+    """H(softmax(scores / tau)) = -sum_j P_j log P_j over each row's valid entries, averaged over rows (a float)."""
+    logp = masked_log_softmax(scores, mask, tau)
+    return -(logp.exp() * logp.masked_fill(logp == float("-inf"), 0)).sum(-1).mean().item()
+
+
+@torch.no_grad()
+def matched_temperature(teacher, student, mask=None, tau_s=1.0, lo=1e-4, hi=1e4, iters=60):
+    """The teacher temperature (ours, METHOD.md 4) at which softmax(teacher / tau_T) is, on average over queries,
+    exactly as sharp as the student's softmax(student / tau_s) over the same candidates:
+        mean_q H(P_T(tau_T)) = mean_q H(P_S)
+    Teachers score on their own scales (a QG's mean log-likelihoods differ by tenths, a dual-encoder's inner
+    products by units); at tau_T = 1 a flat teacher would teach the student to flatten its ranking, not to reorder
+    it. One rule for every teacher. The entropy grows with tau, so bisection on log tau within [lo, hi]; a teacher
+    that ties every candidate is uniform at every tau and gets lo.
+    teacher, student [Q, K]; mask [Q, K] bool or None. -> float."""
+    target = mean_entropy(student, mask, tau_s)
+    for _ in range(iters):
+        mid = math.sqrt(lo * hi)
+        lo, hi = (lo, mid) if mean_entropy(teacher, mask, mid) > target else (mid, hi)
+    return math.sqrt(lo * hi)
 
 
 def align_dist_loss(s_q, s_qg, mask=None, tau=1.0):

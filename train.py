@@ -83,7 +83,7 @@ class Config:
     tau_r: float = 1.0           # temperature of the QG ranking softmax
     kd_k: int = 16               # C(q) = p+ and the warm DE's top-K other passages
     alpha: float = 1.0           # weight of L_kd
-    tau_t: float = 1.0           # teacher temperature
+    tau_t: float = 0.0           # teacher temperature; 0 = as sharp as the warm DE (losses.matched_temperature)
     tau_s: float = 1.0           # student temperature
     align: str = "dist"          # alignment loss: dist | kd | emb
     beta: float = 1.0            # weight of the alignment loss
@@ -498,20 +498,52 @@ def in_chunks(run, stage, n, size, fn):
     return torch.cat(out)
 
 
-def stage_kd_cache(run):
-    """C(q) = p+ and the warm DE's top kd_k other passages, for every training query, with both teachers' scores
-    on it, computed once: kd_cache.pt = {qids, cand [Q, 1+K] (p+ in column 0), qg [Q, 1+K], ce [Q, 1+K]}."""
-    cfg, qids = run.cfg, run.train
-    if not run.todo("kd", "kd_cache.pt"):
-        return
-    ranked = de_ranking(run, run.restore(DualEncoder, "de.pt"), qids, cfg.kd_k + 5)
+def scored_candidates(run, qids):
+    """C(q) = p+ (column 0) and the warm DE's top kd_k other passages, with every scorer's scores on it:
+    {qids, cand [Q, 1+K], de, qg, ce [Q, 1+K]}. The teachers' scores are what distillation learns from."""
+    cfg, de = run.cfg, run.restore(DualEncoder, "de.pt")
     cand = torch.cat([torch.tensor([run.pos[q][0] for q in qids])[:, None],
-                      negatives(run, qids, ranked, cfg.kd_k, cfg.seed)], 1)                # [Q, 1+K]
+                      negatives(run, qids, de_ranking(run, de, qids, cfg.kd_k + 5), cfg.kd_k, cfg.seed)], 1)
+    q, p = embed(run, de, *query_side(run, qids)), embed(run, de, run.P_ids, run.P_mask)
     qg, ce = run.restore(QueryGenerator, "qg.pt"), run.restore(CrossEncoder, "ce.pt")
     log("kd", f"scoring {cand.numel()} (query, passage) pairs with both teachers")
-    t_qg = in_chunks(run, "kd", len(qids), 16, lambda s: qg_scores(run, qg, qids[s], cand[s]))
-    t_ce = in_chunks(run, "kd", len(qids), 16, lambda s: ce(*ce_inputs(run, qids[s], cand[s])).view(-1, cand.size(1)))
-    save(run.path("kd_cache.pt"), {"qids": qids, "cand": cand, "qg": t_qg, "ce": t_ce})
+    return {"qids": qids, "cand": cand,
+            "de": torch.einsum("qc,qmc->qm", q, p[cand.to(run.device)]).cpu(),
+            "qg": in_chunks(run, "kd", len(qids), 16, lambda s: qg_scores(run, qg, qids[s], cand[s])),
+            "ce": in_chunks(run, "kd", len(qids), 16, lambda s: ce(*ce_inputs(run, qids[s], cand[s])).view(-1, cand.size(1)))}
+
+
+def first_rate(run, c):
+    """How often each scorer ranks p+ first among C(q), strictly above every other candidate (a scorer that ties
+    them all, as an untrained one may, gets no credit): {scorer: {"all" | lang: rate}}."""
+    langs = [run.ds.lang[q] for q in c["qids"]]
+    out = {}
+    for name in ("de", "qg", "ce"):
+        top1 = (c[name][:, 0] > c[name][:, 1:].max(1).values).float()
+        out[name] = {x: top1[[i for i, y in enumerate(langs) if x in ("all", y)]].mean().item()
+                     for x in ["all"] + sorted(set(langs))}
+    return out
+
+
+def stage_kd_cache(run):
+    """Teacher scores on the training queries' candidates, computed once (kd_cache.pt), and the same on the dev
+    queries to see how well each teacher ranks held-out queries (teachers.json)."""
+    if run.todo("kd", "kd_cache.pt"):
+        save(run.path("kd_cache.pt"), scored_candidates(run, run.train))
+    dev = [q for q in run.ds.qrels.get("dev", {}) if run.pos[q]]
+    if dev and run.todo("kd", "teachers.json"):
+        rates = {"train": first_rate(run, load(run.path("kd_cache.pt"))), "dev": first_rate(run, scored_candidates(run, dev))}
+        write_text(run.path("teachers.json"), json.dumps(rates, indent=1) + "\n")
+        for name, r in rates["dev"].items():
+            log("kd", f"dev: {name} ranks p+ first among C(q) for " + " ".join(f"{x} {v:.2f}" for x, v in r.items()))
+
+
+def teacher_tau(run, teacher, kd):
+    """cfg.tau_t, or when it is 0 the temperature that makes the teacher's scores on the training candidates as
+    sharp as the warm DE's (one rule for every teacher; their scales differ by orders of magnitude)."""
+    tau = run.cfg.tau_t or losses.matched_temperature(teacher, kd["de"], tau_s=run.cfg.tau_s)
+    log("kd", f"teacher temperature {tau:.3g}")
+    return tau
 
 
 def distil(run, name, teacher, extra=None):
@@ -523,6 +555,7 @@ def distil(run, name, teacher, extra=None):
     cfg, kd = run.cfg, load(run.path("kd_cache.pt"))
     qids, cand = kd["qids"], kd["cand"]
     q_ids, q_mask = query_side(run, qids)
+    tau_t = teacher_tau(run, teacher, kd)
     de, B, M = run.new(DualEncoder, "de.pt"), cfg.rank_batch, cand.size(1)
     ar = torch.arange(B, device=run.device)
 
@@ -537,7 +570,7 @@ def distil(run, name, teacher, extra=None):
         valid[ar, ar * M] = True
         l_ce, acc = losses.contrastive_loss(s, ar * M, valid, cfg.tau)
         own = s.view(B, B, M)[ar, ar]                                                         # [B, M] s(q_i, C(q_i))
-        l_kd = losses.kd_loss(own, teacher[b].to(run.device), tau_s=cfg.tau_s, tau_t=cfg.tau_t)
+        l_kd = losses.kd_loss(own, teacher[b].to(run.device), tau_s=cfg.tau_s, tau_t=tau_t)
         loss, logs = l_ce + cfg.alpha * l_kd, {"ce": l_ce.item(), "kd": l_kd.item(), "acc": acc.item()}
         if extra:
             l_x, more = extra(de, b, hq, qm, p.view(B, M, -1), own)
@@ -586,6 +619,7 @@ def stage_align(run):
         t_gen = in_chunks(run, "align", len(qids), 16, lambda s: qg.score(
             *rows(run, run.P_ids, run.P_mask, cand[s].unique()), *rows(run, tgt_ids, tgt_mask, s),
             cand[s].unique(return_inverse=True)[1].to(run.device)))
+        tau_gen = teacher_tau(run, kd["qg"], kd)
     same_pos = cand[:, 0]
 
     def extra(de, b, hq, qm, p, own):
@@ -597,7 +631,7 @@ def stage_align(run):
         else:
             s_g = torch.einsum("bc,bmc->bm", eg, p)                                           # [B, M] s(q', C(q))
             l_a = (losses.align_dist_loss(own, s_g, tau=cfg.tau_s) if cfg.align == "dist" else
-                   losses.kd_loss(s_g, t_gen[b].to(run.device), tau_s=cfg.tau_s, tau_t=cfg.tau_t))
+                   losses.kd_loss(s_g, t_gen[b].to(run.device), tau_s=cfg.tau_s, tau_t=tau_gen))
         return cfg.beta * l_a, {"align": l_a.item()}
     distil(run, "qg_kd_align", kd["qg"], extra)
 
@@ -666,17 +700,21 @@ def stage_eval(run):
 
 
 def results_markdown(run, systems, metrics, split):
-    """One table per metric: systems x (all, each language with its number of training queries)."""
+    """One table per metric: systems x (all, each language with its number of training queries); then, when the kd
+    stage measured them, how often each teacher ranks p+ first among the warm DE's candidates of dev queries."""
     langs = sorted({x for r in systems.values() for x in r["per_lang"]})
     n_train = {x: sum(run.ds.lang[q] == x for q in run.train) for x in langs}
+    head = ["| system | all | " + " | ".join(f"{x} ({n_train[x]})" for x in langs) + " |", "|---" * (2 + len(langs)) + "|"]
+    row = lambda name, values: f"| {name} | " + " | ".join(f"{values.get(x, float('nan')):.3f}" for x in ["all"] + langs) + " |"  # noqa: E731
     lines = [f"# Results on {run.ds.root} ({split})", ""]
     for m in metrics:
-        lines += [f"## {m}", "", "| system | all | " + " | ".join(f"{x} ({n_train[x]})" for x in langs) + " |",
-                  "|---" * (2 + len(langs)) + "|"]
-        for name, r in systems.items():
-            cells = [r["all"][m]] + [r["per_lang"].get(x, {}).get(m, float("nan")) for x in langs]
-            lines.append(f"| {name} | " + " | ".join(f"{v:.3f}" for v in cells) + " |")
+        lines += [f"## {m}", "", *head]
+        lines += [row(name, {"all": r["all"][m], **{x: v[m] for x, v in r["per_lang"].items()}}) for name, r in systems.items()]
         lines.append("")
+    if os.path.exists(run.path("teachers.json")):
+        lines += ["## teachers: share of dev queries whose positive each ranks first among C(q) (p+ and the warm DE's "
+                  f"top {run.cfg.kd_k})", "", *head]
+        lines += [row(name, r) for name, r in json.load(open(run.path("teachers.json")))["dev"].items()] + [""]
     return "\n".join(lines)
 
 

@@ -340,3 +340,31 @@ def test_bad_masks_raise():
     mask[2, 0] = False
     with pytest.raises(ValueError, match="column 0"):
         L.rank_loss(s, mask)
+
+
+# ---------------------------------------------------------------- matched teacher temperature
+def ref_entropy(scores, mask, tau):
+    s, m = rows(scores, mask)
+    total = 0.0
+    for row, valid in zip(s, m):
+        lp = ref_log_softmax(row, valid, tau)
+        total -= sum(math.exp(x) * x for x in lp if x is not None)
+    return total / len(s)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_matched_temperature_equalises_entropy(masked):
+    g = torch.Generator().manual_seed(0)
+    student = torch.randn(20, 9, generator=g, dtype=torch.float64) * 3
+    teacher = torch.randn(20, 9, generator=g, dtype=torch.float64) * 0.2   # a flat teacher: needs tau < 1
+    mask = torch.rand(20, 9, generator=g) > 0.3 if masked else None
+    if masked:
+        mask[:, 0] = True
+    assert L.mean_entropy(student, mask, 2.0) == pytest.approx(ref_entropy(student, mask, 2.0), abs=ATOL)
+    tau = L.matched_temperature(teacher, student, mask, tau_s=2.0)
+    assert tau < 1
+    assert ref_entropy(teacher, mask, tau) == pytest.approx(ref_entropy(student, mask, 2.0), abs=1e-6)
+    # a teacher that is the student times c needs tau_s * c
+    assert L.matched_temperature(student * 5, student, mask, tau_s=2.0) == pytest.approx(10.0, rel=1e-6)
+    # every candidate tied: no temperature sharpens it, the bisection ends at its lower bound
+    assert L.matched_temperature(torch.zeros(3, 4), torch.randn(3, 4, generator=g), lo=0.01) == pytest.approx(0.01)
