@@ -748,12 +748,11 @@ def parse_args(argv):
     ap.add_argument("--encode", metavar="CKPT", help="only search: a saved DE over --data's corpus, --split queries")
     ap.add_argument("--split", default="test", help="with --encode: the queries to search")
     ap.add_argument("--run", default="run.trec", help="with --encode: the TREC run to write")
-    group = ap.add_argument_group("config (every field of Config; defaults from --preset)")
+    group = ap.add_argument_group("config (every field of Config, commented in train.py; defaults from --preset)")
     for f in dataclasses.fields(Config):
-        kind = (lambda s: s.lower() in ("1", "true", "yes")) if f.type in (bool, "bool") else \
-            {"int": int, "float": float, "str": str}.get(f.type, f.type)
+        kind = (lambda s: s.lower() in ("1", "true", "yes")) if f.type is bool else f.type
         group.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=kind, default=None,
-                           metavar=getattr(kind, "__name__", "BOOL").upper())
+                           metavar=f.type.__name__.upper())
     args = ap.parse_args(argv)
     cfg = Config(**PRESETS[args.preset])
     cfg = dataclasses.replace(cfg, **{f.name: getattr(args, f.name) for f in dataclasses.fields(Config)
