@@ -80,11 +80,11 @@ def _check(q, p, k):
         raise ValueError(f"exact_topk: k = {k} must be in 1..N = {len(p)} (pass min(k, N))")
 
 
-def _blocks(Q, q_block, p_block, score_bytes, multiple=1):
+def _blocks(Q, N, q_block, p_block, score_bytes, multiple=1):
     """(queries, passages) per block: all queries up to 1024, and passages so that a block of float32 scores takes
-    about score_bytes, rounded up to a multiple; q_block / p_block override."""
+    about score_bytes (at most N), rounded up to a multiple; q_block / p_block override."""
     qb = max(1, q_block or min(Q, 1024))
-    pb = p_block or max(256, score_bytes // (4 * qb))
+    pb = p_block or min(N, max(256, score_bytes // (4 * qb)))
     return qb, -(-pb // multiple) * multiple
 
 
@@ -93,7 +93,7 @@ def topk_blocked(q, p, k, q_block=None, p_block=None):
     (select_topk) -> merged into the running top-k (merge_topk). Extra memory: about one block of scores
     (64 MiB on the CPU, 1 GiB on CUDA, by default) and the [Q, k] results."""
     _check(q, p, k)
-    qb, pb = _blocks(len(q), q_block, p_block, 1 << 30 if q.device.type == "cuda" else 1 << 26)
+    qb, pb = _blocks(len(q), len(p), q_block, p_block, 1 << 30 if q.device.type == "cuda" else 1 << 26)
     out_s = torch.empty(len(q), k, device=q.device)
     out_i = torch.empty(len(q), k, dtype=torch.long, device=q.device)
     for a in range(0, len(q), qb):
@@ -132,37 +132,38 @@ def _merge_candidates(best_s, best_i, key, cs, k):
     best_s[rows], best_i[rows] = merge_topk(best_s[rows], best_i[rows], pad_s, pad_i, k)
 
 
-def topk_threshold(q, p, k, q_block=None, p_block=None, group=16, warm=128, merge_every=128):
-    """The CPU path; equal to topk_blocked. For each block of queries (qa [Qb, d]):
-      1. the first W = max(warm * k, B) passages: plain top-k; thr = each query's k-th best score   [Qb]
-      2. each next block of B passages: s = p_block @ qa^T into one reused buffer                     [B, Qb]
-         m = max of s over groups of G consecutive passages                                           [B/G, Qb]
-         all G scores of each (group, query) pair with m > thr are kept as candidates
-      3. once candidates exceed merge_every * Qb (and at the end) they are merged into the running top-k, and thr
-         becomes its new k-th best score.
+def topk_threshold(q, p, k, q_block=None, p_block=None, group=16, merge_every=128):
+    """The CPU path; equal to topk_blocked. For each block of queries qa [Qb, d], for each block of B passages:
+      s = p_block @ qa^T, into one reused buffer                                              [B, Qb]
+      m = max of s over groups of G consecutive passages                                      [B/G, Qb]
+      the scores >= thr of each (group, query) pair with m > thr are kept as candidates,
+    where thr = each query's running k-th best score. The candidates are merged into the running top-k once they
+    exceed merge_every * Qb (and after the first and the last block), and thr becomes its new k-th best score.
+    In the first block, before any k-th best exists, thr = the k-th largest group maximum (k groups reach it, so
+    at least k scores do) and the test is m >= thr, so the first merge fills the top-k.
     Exact: a passage can enter the final top-k only if it beats the running k-th best when it is seen (a tie goes to
     the lower id, seen earlier), and thr is never above the running k-th best, so no such passage is skipped.
     Defaults measured at 1M x 128, Q = 1000, k = 100 on 2 shared CPU cores (bench.py search): B = 32k passages
     (128 MiB of scores) because each parallel op waits for its slowest thread, and on busy cores that wait, not the
     arithmetic, grows with the number of ops (B = 2k took 3x longer there; on one thread B hardly matters).
-    Extra memory: the score buffer, the warm-up's plain blocks (32 MiB), candidates, the [Q, k] results (~240 MiB).
+    Extra memory: the score buffer, the candidates, the [Q, k] results (~210 MiB in all at 1M x 128, Q = 1000).
     """
     _check(q, p, k)
     N, G = len(p), group
-    qb, pb = _blocks(len(q), q_block, p_block, 1 << 27, multiple=G)
+    qb, pb = _blocks(len(q), N, q_block, p_block, 1 << 27, multiple=G)
     out_s = torch.empty(len(q), k, device=q.device)
     out_i = torch.empty(len(q), k, dtype=torch.long, device=q.device)
     ar = torch.arange(G, device=q.device)
     for a in range(0, len(q), qb):
         qa = q[a:a + qb]                                                     # [Qb, d]
-        Qb, W = len(qa), min(N, max(warm * k, pb))
-        best_s, best_i = topk_blocked(qa, p[:W], k, p_block=max(256, (1 << 25) // (4 * Qb)))  # [Qb, k]
-        thr = best_s[:, -1].clone()                                          # [Qb]
+        Qb = len(qa)
+        best_s = torch.full((Qb, k), -math.inf, device=q.device)             # running top-k, empty   [Qb, k]
+        best_i = torch.full((Qb, k), -1, dtype=torch.long, device=q.device)
         buf = torch.empty(pb, Qb, device=q.device)                           # [B, Qb] scores, reused
         m = torch.empty(pb // G, Qb, device=q.device)                        # [B/G, Qb] group maxima
         over = torch.empty(pb // G, Qb, dtype=torch.bool, device=q.device)
         keys, vals, pending = [], [], 0
-        for b in range(W, N, pb):
+        for b in range(0, N, pb):
             n = min(pb, N - b)
             ng = -(-n // G)                                                  # groups, the last maybe partial
             s = buf[:ng * G]                                                 # [B, Qb]
@@ -170,13 +171,19 @@ def topk_threshold(q, p, k, q_block=None, p_block=None, group=16, warm=128, merg
             if n < ng * G:
                 s[n:] = -math.inf                                            # rows past N never win
             torch.amax(s.view(ng, G, Qb), 1, out=m[:ng])
-            hit = torch.gt(m[:ng], thr, out=over[:ng]).nonzero()             # [h, 2]: group, query
+            if b == 0:  # no k-th best yet: the k-th largest group maximum, or everything when too few groups
+                thr = m[:ng].topk(k, dim=0).values[-1] if ng >= k else torch.full_like(best_s[:, 0], -math.inf)
+                hit = torch.ge(m[:ng], thr, out=over[:ng]).nonzero()
+            else:
+                hit = torch.gt(m[:ng], thr, out=over[:ng]).nonzero()         # [h, 2]: group, query
             if len(hit):
                 flat = ((hit[:, :1] * G + ar) * Qb + hit[:, 1:]).flatten()  # [h*G] row in block * Qb + query
-                keys.append(flat + b * Qb)
-                vals.append(s.view(-1)[flat])
-                pending += len(flat)
-            if pending > merge_every * Qb or (pending and b + pb >= N):
+                v = s.view(-1)[flat]
+                ok = v >= thr[flat % Qb]                                     # most of a group stays below
+                keys.append(flat[ok] + b * Qb)
+                vals.append(v[ok])
+                pending += len(vals[-1])
+            if pending and (pending > merge_every * Qb or b == 0 or b + pb >= N):
                 _merge_candidates(best_s, best_i, torch.cat(keys), torch.cat(vals), k)
                 thr = best_s[:, -1].clone()
                 keys, vals, pending = [], [], 0
@@ -192,7 +199,7 @@ def exact_topk(q, p, k, q_block=None, p_block=None):
     N: topk_threshold; otherwise topk_blocked. Both give the same tensors.
     """
     _check(q, p, k)
-    if q.device.type == "cpu" and len(p) >= 4 * 128 * k:
+    if q.device.type == "cpu" and len(p) >= 64 * k:
         return topk_threshold(q, p, k, q_block, p_block)
     return topk_blocked(q, p, k, q_block, p_block)
 
@@ -293,7 +300,7 @@ def write_trec(path, qids, pids, scores, ids, tag):
 
 # ----------------------------------------------------------------------------- CLI
 class InputError(ValueError):
-    """A problem with a CLI input, worded `file:line: problem` (or `file: problem` for .npy arrays)."""
+    """A problem with a CLI input, worded `file:line: problem` (line 0: the file as a whole, as in data.py)."""
 
 
 def load_embeddings(path):
@@ -301,11 +308,11 @@ def load_embeddings(path):
     try:
         x = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as e:
-        raise InputError(f"{path}: cannot read as .npy ({e})") from None
+        raise InputError(f"{path}:0: cannot read as .npy ({e})") from None
     if x.ndim != 2 or x.dtype != np.float32:
-        raise InputError(f"{path}: expected a 2-D float32 array, got {x.dtype} of shape {x.shape}")
+        raise InputError(f"{path}:0: expected a 2-D float32 array, got {x.dtype} of shape {x.shape}")
     if not np.isfinite(x).all():
-        raise InputError(f"{path}: row {int(np.nonzero(~np.isfinite(x).all(1))[0][0])} is not finite")
+        raise InputError(f"{path}:0: row {int(np.nonzero(~np.isfinite(x).all(1))[0][0])} is not finite")
     return torch.from_numpy(x)
 
 
@@ -346,10 +353,10 @@ def main(argv=None):
     try:
         q, p = load_embeddings(args.queries), load_embeddings(args.passages)
         if q.shape[1] != p.shape[1]:
-            raise InputError(f"{args.queries}: dimension {q.shape[1]} but {args.passages} has {p.shape[1]}")
+            raise InputError(f"{args.queries}:0: dimension {q.shape[1]} but {args.passages} has {p.shape[1]}")
         qids, pids = load_ids(args.qids, len(q), "query"), load_ids(args.pids, len(p), "passage")
         if not 1 <= args.k <= len(p):
-            raise InputError(f"{args.passages}: --k {args.k} must be in 1..{len(p)} (the number of passages)")
+            raise InputError(f"--k {args.k}: must be in 1..{len(p)} (the number of passages)")
         if not args.tag or any(c.isspace() for c in args.tag):
             raise InputError(f"--tag: {args.tag!r} must be non-empty without whitespace")
         print(f"search: {len(q)} queries x {len(p)} passages, d = {q.shape[1]}, k = {args.k}, "

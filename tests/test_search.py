@@ -41,14 +41,17 @@ def integer(n, d, seed):
     return dyadic(n, d, seed, -1, 1, 1)
 
 
-PATHS = {  # name -> callable(q, p, k); the threshold path with a warm-up of only max(k, B) passages and tiny blocks
+PATHS = {  # name -> callable(q, p, k). Threshold path: tiny blocks (fewer than k groups in the first block, where
+    #        everything is a candidate), single-passage groups, a merge after every block, and a first block of
+    #        exactly k groups (its threshold is the k-th largest group maximum)
     "exact_topk": lambda q, p, k: search.exact_topk(q, p, k),
     "exact_topk_blocks": lambda q, p, k: search.exact_topk(q, p, k, q_block=3, p_block=7),
     "blocked": lambda q, p, k: search.topk_blocked(q, p, k, q_block=2, p_block=5),
-    "threshold": lambda q, p, k: search.topk_threshold(q, p, k, q_block=4, p_block=32, warm=1),
-    "threshold_merge_each_block": lambda q, p, k: search.topk_threshold(q, p, k, p_block=6, group=3, warm=1,
-                                                                         merge_every=0),
-    "threshold_group_1": lambda q, p, k: search.topk_threshold(q, p, k, p_block=1, group=1, warm=1),
+    "threshold": lambda q, p, k: search.topk_threshold(q, p, k, q_block=4, p_block=32),
+    "threshold_merge_each_block": lambda q, p, k: search.topk_threshold(q, p, k, p_block=6, group=3, merge_every=0),
+    "threshold_group_1": lambda q, p, k: search.topk_threshold(q, p, k, p_block=1, group=1),
+    "threshold_first_block_groups": lambda q, p, k: search.topk_threshold(q, p, k, p_block=min(len(p), 16 * k),
+                                                                           group=min(len(p), 16 * k) // k),
 }
 
 CASES = [  # Q, N, d, k, data
@@ -73,12 +76,12 @@ def test_dense_equals_brute_force(path, Q, N, d, k, data):
 
 
 def test_threshold_path_with_real_thresholds_and_ties():
-    """Enough passages after the warm-up for thresholds to reject most groups, ties at the k-th place, several
+    """Enough passages after the first block for thresholds to reject most groups, ties at the k-th place, several
     query blocks and a partial last group: the fast path's pruning and merging are what is tested."""
     for data in (integer, dyadic):
         q, p = data(10, 4, seed=3), data(5003, 4, seed=4)
         bs, bi = brute(q, p, 25)
-        for kw in [dict(q_block=3, p_block=64, warm=2), dict(p_block=100, group=8, warm=1, merge_every=1)]:
+        for kw in [dict(q_block=3, p_block=64), dict(p_block=400, group=8, merge_every=1), dict(p_block=800, group=4)]:
             s, i = search.topk_threshold(q, p, 25, **kw)
             assert torch.equal(i, bi) and torch.equal(s, bs)
 
@@ -220,10 +223,10 @@ def test_cli_writes_the_run(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("breakage,message", [
-    ("float64", "p.npy: expected a 2-D float32 array"),
+    ("float64", "p.npy:0: expected a 2-D float32 array"),
     ("pids", "pids.txt:2: duplicate id 'doc0'"),
     ("qids", "qids.txt:3: 2 ids for 3 query rows"),
-    ("k", "--k 21 must be in 1..20"),
+    ("k", "--k 21: must be in 1..20"),
 ])
 def test_cli_errors_are_one_line(tmp_path, capsys, breakage, message):
     write_inputs(tmp_path)
