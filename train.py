@@ -257,6 +257,21 @@ def draw(gen, items, k):
     return [items[i] for i in torch.randint(len(items), (k,), generator=gen).tolist()]
 
 
+def positive(run, gen, q):
+    """One of the query's positive passages (corpus row), drawn at random."""
+    return run.pos[q][int(torch.randint(len(run.pos[q]), (1,), generator=gen))]
+
+
+def rows_of(run, qids):
+    """Row of each query in the query matrices (Q_ids, T_ids)."""
+    return [run.qrow[q] for q in qids]
+
+
+def pad_dev(run, seqs):
+    """pad_batch, moved to the device."""
+    return tuple(t.to(run.device) for t in pad_batch(seqs))
+
+
 @torch.no_grad()
 def embed(run, de, ids, mask, batch=256):
     """DE embeddings of padded sequences, in eval mode: [n, C] float32 on the device."""
@@ -312,8 +327,7 @@ def teacher_queries(run):
 
 def query_side(run, qids):
     """DE inputs ([Q] q) of the queries `qids`: ids, mask [len(qids), Tq]."""
-    index = [run.qrow[q] for q in qids]
-    return run.Q_ids[index], run.Q_mask[index]
+    return run.Q_ids[rows_of(run, qids)], run.Q_mask[rows_of(run, qids)]
 
 
 def other_positives(run, qids, cand):
@@ -340,7 +354,7 @@ def pretrain_texts(run):
     for lang in sorted(ds.unlabelled):
         out += [(lang, t) for t in data.encode(run.tok, ds.unlabelled[lang], cfg.max_len_q - 2)]
     out += [(cfg.pivot, t) for t in run.P_tokens]
-    out += [(ds.lang[q], run.Q_tokens[run.qrow[q]]) for q in run.train]
+    out += [(ds.lang[q], t) for q, t in zip(run.train, q_tokens(run, run.train))]
     return [(lang, t) for lang, t in out if t and lang in run.tag]
 
 
@@ -368,10 +382,6 @@ def stage_pretrain(run):
         run.keep(fit(run, "denoise", qg, cfg.denoise_steps, step), "qg_pretrain.pt")
 
 
-def pad_dev(run, seqs):
-    return tuple(t.to(run.device) for t in pad_batch(seqs))
-
-
 # ----------------------------------------------------------------------------- stage 3: the dual-encoder
 
 def train_de(run, name, init, q_ids, q_mask, qids, pool):
@@ -386,7 +396,7 @@ def train_de(run, name, init, q_ids, q_mask, qids, pool):
     def step(gen):
         b = torch.randint(len(qids), (B,), generator=gen)
         batch = [qids[i] for i in b.tolist()]
-        pos = torch.tensor([run.pos[q][int(torch.randint(len(run.pos[q]), (1,), generator=gen))] for q in batch])
+        pos = torch.tensor([positive(run, gen, q) for q in batch])
         neg = pool[b[:, None], torch.randint(pool.size(1), (B, h), generator=gen)]            # [B, h]
         cand = torch.cat([pos, neg.flatten()])                                                 # [B(1+h)]
         s = de.encode(*rows(run, q_ids, q_mask, b)) @ de.encode(*rows(run, run.P_ids, run.P_mask, cand)).T  # [B, M]
@@ -427,7 +437,7 @@ def rank_batch(run, gen, qids, pool):
     -> (indices into qids [B], candidates [B, 1 + rank_negs] corpus rows, positive in column 0)."""
     B, n = run.cfg.rank_batch, run.cfg.rank_negs
     b = torch.randint(len(qids), (B,), generator=gen)
-    pos = [run.pos[qids[i]][int(torch.randint(len(run.pos[qids[i]]), (1,), generator=gen))] for i in b.tolist()]
+    pos = [positive(run, gen, qids[i]) for i in b.tolist()]
     pick = torch.rand(B, pool.size(1), generator=gen).argsort(1)[:, :n]                   # n distinct per row
     return b, torch.cat([torch.tensor(pos)[:, None], pool[b[:, None], pick]], 1)
 
@@ -436,14 +446,13 @@ def qg_scores(run, qg, qids, cand):
     """r(q, p) of the QG for queries `qids` [Q] over candidates cand [Q, k] (corpus rows) -> [Q, k].
     Each distinct passage of the batch is encoded once."""
     uniq, inv = cand.unique(return_inverse=True)
-    tgt = rows(run, run.T_ids, run.T_mask, [run.qrow[q] for q in qids])
+    tgt = rows(run, run.T_ids, run.T_mask, rows_of(run, qids))
     return qg.score(*rows(run, run.P_ids, run.P_mask, uniq), *tgt, inv.to(run.device))
 
 
 def ce_inputs(run, qids, cand):
     """[CLS] q [SEP] p for every (query, candidate) pair: ids, mask [Q*k, T] on the device."""
-    seqs = [[data.CLS] + run.Q_tokens[run.qrow[q]] + [data.SEP] + run.P_tokens[p]
-            for q, row in zip(qids, cand.tolist()) for p in row]
+    seqs = [[data.CLS] + q + [data.SEP] + run.P_tokens[p] for q, row in zip(q_tokens(run, qids), cand.tolist()) for p in row]
     return pad_dev(run, seqs)
 
 
@@ -455,9 +464,8 @@ def stage_qg(run):
 
         def step(gen):
             batch = draw(gen, qids, cfg.batch)
-            pos = [run.pos[q][int(torch.randint(len(run.pos[q]), (1,), generator=gen))] for q in batch]
-            loss = qg.loss(*rows(run, run.P_ids, run.P_mask, pos), *rows(run, run.T_ids, run.T_mask, [run.qrow[q] for q in batch]))
-            return loss, {}
+            pos = [positive(run, gen, q) for q in batch]
+            return qg.loss(*rows(run, run.P_ids, run.P_mask, pos), *rows(run, run.T_ids, run.T_mask, rows_of(run, batch))), {}
         run.keep(fit(run, "qg_gen", qg, cfg.qg_steps, step), "qg_gen.pt")
     if run.todo("qg", "qg.pt"):
         qg, pool = run.new(QueryGenerator, "qg_gen.pt"), teacher_pool(run, qids)
