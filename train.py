@@ -442,12 +442,16 @@ def rank_batch(run, gen, qids, pool):
     return b, torch.cat([torch.tensor(pos)[:, None], pool[b[:, None], pick]], 1)
 
 
-def qg_scores(run, qg, qids, cand):
-    """r(q, p) of the QG for queries `qids` [Q] over candidates cand [Q, k] (corpus rows) -> [Q, k].
-    Each distinct passage of the batch is encoded once."""
+def qg_scores(run, qg, tgt, cand):
+    """r(q, p) of the QG over candidates cand [Q, k] (corpus rows) for the queries tgt = (ids, mask) [Q, T]
+    (<2l> q [EOS], on the device) -> [Q, k]. Each distinct passage of the batch is encoded once."""
     uniq, inv = cand.unique(return_inverse=True)
-    tgt = rows(run, run.T_ids, run.T_mask, rows_of(run, qids))
     return qg.score(*rows(run, run.P_ids, run.P_mask, uniq), *tgt, inv.to(run.device))
+
+
+def targets(run, qids):
+    """QG targets <2l> q [EOS] of the queries `qids`, on the device."""
+    return rows(run, run.T_ids, run.T_mask, rows_of(run, qids))
 
 
 def ce_inputs(run, qids, cand):
@@ -465,14 +469,14 @@ def stage_qg(run):
         def step(gen):
             batch = draw(gen, qids, cfg.batch)
             pos = [positive(run, gen, q) for q in batch]
-            return qg.loss(*rows(run, run.P_ids, run.P_mask, pos), *rows(run, run.T_ids, run.T_mask, rows_of(run, batch))), {}
+            return qg.loss(*rows(run, run.P_ids, run.P_mask, pos), *targets(run, batch)), {}
         run.keep(fit(run, "qg_gen", qg, cfg.qg_steps, step), "qg_gen.pt")
     if run.todo("qg", "qg.pt"):
         qg, pool = run.new(QueryGenerator, "qg_gen.pt"), teacher_pool(run, qids)
 
         def step(gen):
             b, cand = rank_batch(run, gen, qids, pool)
-            r = qg_scores(run, qg, [qids[i] for i in b.tolist()], cand)                         # [B, 1+n]
+            r = qg_scores(run, qg, targets(run, [qids[i] for i in b.tolist()]), cand)           # [B, 1+n]
             return losses.qg_rank_loss(r, -r[:, 0].mean(), tau_r=cfg.tau_r, lambda_gen=cfg.lambda_gen), \
                 {"acc": (r.argmax(1) == 0).float().mean().item()}
         run.keep(fit(run, "qg_rank", qg, cfg.rank_steps, step), "qg.pt")
@@ -517,7 +521,7 @@ def scored_candidates(run, qids):
     log("kd", f"scoring {cand.numel()} (query, passage) pairs with both teachers")
     return {"qids": qids, "cand": cand,
             "de": torch.einsum("qc,qmc->qm", q, p[cand.to(run.device)]).cpu(),
-            "qg": in_chunks(run, "kd", len(qids), 16, lambda s: qg_scores(run, qg, qids[s], cand[s])),
+            "qg": in_chunks(run, "kd", len(qids), 16, lambda s: qg_scores(run, qg, targets(run, qids[s]), cand[s])),
             "ce": in_chunks(run, "kd", len(qids), 16, lambda s: ce(*ce_inputs(run, qids[s], cand[s])).view(-1, cand.size(1)))}
 
 
@@ -624,9 +628,7 @@ def stage_align(run):
     if cfg.align == "kd":  # teacher scores of the generated queries over C(q), once
         qg = run.restore(QueryGenerator, "qg.pt")
         tgt_ids, tgt_mask = pad_batch([[run.tag[x]] + t + [data.EOS] for x, t in zip(gen["lang"], gen["tokens"])])
-        t_gen = in_chunks(run, "align", len(qids), 16, lambda s: qg.score(
-            *rows(run, run.P_ids, run.P_mask, cand[s].unique()), *rows(run, tgt_ids, tgt_mask, s),
-            cand[s].unique(return_inverse=True)[1].to(run.device)))
+        t_gen = in_chunks(run, "align", len(qids), 16, lambda s: qg_scores(run, qg, rows(run, tgt_ids, tgt_mask, s), cand[s]))
         tau_gen = teacher_tau(run, kd["qg"], kd)
     same_pos = cand[:, 0]
 

@@ -122,3 +122,15 @@ def test_bad_data_set_stops_before_training(micro, tmp_path, capsys):
 def test_out_folder_of_another_config_is_refused(full_run, micro, capsys):
     assert train.main(["--data", micro, "--out", full_run, *MICRO, "--seed", "1"]) == 1
     assert "another config" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("variant", ["kd", "emb"])
+def test_other_alignment_losses_train(full_run, micro, tmp_path, variant):
+    """The `kd` and `emb` alignment variants run on the same cached candidates and generated queries."""
+    out = str(tmp_path / "out")
+    shutil.copytree(full_run, out)
+    os.remove(os.path.join(out, "config.json"))
+    os.remove(os.path.join(out, "qg_kd_align.pt"))
+    assert train.main(["--data", micro, "--out", out, "--stages", "align", "--align", variant, *MICRO]) == 0
+    a, b = (torch.load(os.path.join(d, "qg_kd_align.pt"), weights_only=True)["model"] for d in (full_run, out))
+    assert any(not torch.equal(a[k], b[k]) for k in a)
