@@ -144,6 +144,13 @@ def load(root):
              for s in SPLITS if os.path.exists(path("qrels", f"{s}.tsv"))}
     if not qrels:
         raise DataError(f"{path('qrels')}:0: no qrels/train.tsv, dev.tsv or test.tsv")
+    seen = {}
+    for split, judged in qrels.items():  # a query judged in two splits would leak a test answer into training
+        for qid in judged:
+            if qid in seen:
+                i = next(i for i, line in _lines(path("qrels", f"{split}.tsv")) if line.split("\t")[0] == qid)
+                raise DataError(f"{path('qrels', f'{split}.tsv')}:{i}: query {qid!r} is also judged in {seen[qid]}.tsv")
+            seen[qid] = split
     for split in qrels.values():
         for qid in split:
             if not queries[qid].get("lang"):
@@ -257,7 +264,10 @@ def tokenizer_texts(data):
 
 
 def load_tokenizer(path):
-    return Tokenizer.from_file(path)
+    """A saved tokenizer; text that happens to spell a special token ('[SEP]', '<2en>') stays text."""
+    tok = Tokenizer.from_file(path)
+    tok.encode_special_tokens = True
+    return tok
 
 
 def encode(tok, texts, max_len, prefix=()):

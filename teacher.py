@@ -37,7 +37,8 @@ def sample(logits, temperature=0.0, top_k=0, generator=None):
     if top_k > 0:
         kth = logits.topk(min(top_k, logits.size(-1)), dim=-1).values[:, -1:]  # [B, 1]
         logits = logits.masked_fill(logits < kth, float("-inf"))
-    return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(1)
+    probs = logits.softmax(-1).cpu()  # drawn on the CPU: one stream of draws for a CPU generator, whatever the device
+    return torch.multinomial(probs, 1, generator=generator).squeeze(1).to(logits.device)
 
 
 class QueryGenerator(nn.Module):
@@ -107,15 +108,17 @@ class QueryGenerator(nn.Module):
     def score(self, p_ids, p_mask, tgt, tgt_mask, cand, chunk=None):
         """r(q, p) for candidate lists: p [N, Tp] unique passages, tgt [Q, T] queries, cand [Q, k] indices into
         the N passages -> [Q, k]. Differentiable; wrap in torch.no_grad() when only the scores are needed.
-        chunk bounds the decoder batch (rows = (query, candidate) pairs); None = as many rows as keep one pass's
-        logits near 16 MB (4M floats), which measured 1.5-1.9x faster on a CPU than one pass over all pairs."""
+        chunk bounds the decoder batch (rows = (query, candidate) pairs); None = on a CPU as many rows as keep one
+        pass's logits near 16 MB (4M floats), measured 1.5-1.9x faster than one pass over all pairs; on a GPU,
+        256M logits a pass."""
         Q, k = cand.shape
         memory = self.encode(p_ids, p_mask)  # [N, Tp, C], each passage once
         kv = [block.cross.keys_values(memory) for block in self.dec_blocks]  # per block 2 x [N, H, Tp, C/H]
         rows = cand.reshape(-1)  # [Q*k] passage of each pair
         qrows = torch.arange(Q, device=cand.device).repeat_interleave(k)  # [Q*k] query of each pair
         n = tgt_mask[:, 1:].sum(1).clamp(min=1)  # [Q] tokens scored per query (EOS included, tag excluded)
-        out, step = [], chunk or max(1, (1 << 22) // (tgt.size(1) * self.cfg.vocab_size))
+        budget = 1 << 28 if p_ids.is_cuda else 1 << 22  # logits per decoder pass
+        out, step = [], chunk or max(1, budget // (tgt.size(1) * self.cfg.vocab_size))
         for s in range(0, len(rows), step):
             r, qr = rows[s : s + step], qrows[s : s + step]
             cache = self.new_cache()

@@ -134,7 +134,10 @@ class Run:
     def __init__(self, cfg, ds, out):
         self.cfg, self.ds, self.out = cfg, ds, out
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.autocast = torch.autocast("cuda", torch.bfloat16) if self.device.type == "cuda" else nullcontext()
+
+    def autocast(self):
+        """bf16 autocast on CUDA, nothing on CPU: a fresh context for each use."""
+        return torch.autocast("cuda", torch.bfloat16) if self.device.type == "cuda" else nullcontext()
 
     def path(self, name):
         return os.path.join(self.out, name)
@@ -150,12 +153,19 @@ class Run:
         self.qrow = {q: i for i, q in enumerate(self.qids)}
         self.Q_tokens = data.encode(self.tok, ds.queries.values(), cfg.max_len_q - 2)   # room for a tag and [EOS]
         self.Q_ids, self.Q_mask = pad_batch([[data.Q] + q for q in self.Q_tokens])       # [Q, Tq]
-        self.tag = {lang: self.tok.token_to_id(data.lang_tag(lang)) for lang in ds.languages() + [cfg.pivot]}
+        self.tag = {lang: self.tok.token_to_id(data.lang_tag(lang)) for lang in [*ds.languages(), cfg.pivot, *ds.unlabelled]}
         self.T_ids, self.T_mask = pad_batch([[self.tag.get(ds.lang.get(q), data.UNK)] + t + [data.EOS]
                                              for q, t in zip(self.qids, self.Q_tokens)])  # [Q, Tq]
         row = {p: i for i, p in enumerate(ds.pids)}
         self.pos = {q: [row[p] for p, s in rel.items() if s > 0] for split in ds.qrels.values() for q, rel in split.items()}
         self.train = [q for q in ds.qrels.get("train", {}) if self.pos[q]]
+
+    def bm25(self):
+        """The BM25 index of the whole passages (the networks see only their first max_len_p tokens), built once."""
+        if not hasattr(self, "_bm25"):
+            texts = [self.ds.passage_text(i) for i in range(len(self.ds.pids))]
+            self._bm25 = search.BM25(data.encode(self.tok, texts, 1 << 30))
+        return self._bm25
 
     def model_config(self):
         c = self.cfg
@@ -204,17 +214,21 @@ def rows(run, ids, mask, index):
     return i.to(run.device), m.to(run.device)
 
 
-def fit(run, name, model, steps, step):
-    """The one training loop of every stage: `step(gen) -> (loss, logs)` is called `steps` times.
+def fit(run, name, model, steps, step, out, key=None):
+    """The one training loop of every stage: `step(gen) -> (loss, logs)` is called `steps` times, then the model is
+    saved as `out`.
 
     AdamW, linear warm-up then cosine decay, gradient clipping at 1.0, a progress line every cfg.log_every seconds,
     and every cfg.ckpt_every steps a checkpoint `<name>.partial.pt` (model, optimiser, step, random states) that a
-    restarted run resumes from, so an interrupted stage ends with the same weights as an uninterrupted one.
+    restarted run resumes from, so an interrupted stage ends with the same weights as an uninterrupted one (on CPU;
+    CUDA kernels are not bitwise deterministic). `key` seeds the batches and dropout (default: the name): stages
+    with one key draw the same batches, so that two students differ by their losses only.
     """
     cfg = run.cfg
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    gen = torch.Generator().manual_seed(cfg.seed * 1000 + sum(map(ord, name)))  # batches of this stage
-    torch.manual_seed(cfg.seed * 1000 + len(name))                               # dropout of this stage
+    seed = cfg.seed * 1000 + sum(map(ord, key or name))
+    gen = torch.Generator().manual_seed(seed)  # batches
+    torch.manual_seed(seed)                    # dropout
     partial, start = run.path(f"{name}.partial.pt"), 0
     if os.path.exists(partial):
         ck = load(partial)
@@ -222,6 +236,8 @@ def fit(run, name, model, steps, step):
         opt.load_state_dict(ck["opt"])
         gen.set_state(ck["gen"])
         torch.set_rng_state(ck["rng"])
+        if ck["cuda_rng"]:
+            torch.cuda.set_rng_state_all(ck["cuda_rng"])
         start = ck["step"]
         log(name, f"resuming at step {start}/{steps}")
     warm = max(1, int(cfg.warmup * steps))
@@ -231,7 +247,7 @@ def fit(run, name, model, steps, step):
     for i in range(start, steps):
         for g in opt.param_groups:
             g["lr"] = lr_at(i)
-        with run.autocast:
+        with run.autocast():
             loss, logs = step(gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -246,10 +262,11 @@ def fit(run, name, model, steps, step):
             last = now
         if (i + 1) % cfg.ckpt_every == 0 and i + 1 < steps:
             save(partial, {"model": model.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(),
-                           "rng": torch.get_rng_state(), "step": i + 1})
+                           "rng": torch.get_rng_state(), "step": i + 1,
+                           "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []})
+    run.keep(model.eval(), out)
     if os.path.exists(partial):
         os.remove(partial)
-    return model.eval()
 
 
 def draw(gen, items, k):
@@ -267,6 +284,12 @@ def rows_of(run, qids):
     return [run.qrow[q] for q in qids]
 
 
+def inner(run, q, p):
+    """s(q, p) = q p^T in float32 even under bf16 autocast: [B, C] x [M, C] -> [B, M] (logits of the losses)."""
+    with torch.autocast(run.device.type, enabled=False):
+        return q.float() @ p.float().T
+
+
 def pad_dev(run, seqs):
     """pad_batch, moved to the device."""
     return tuple(t.to(run.device) for t in pad_batch(seqs))
@@ -278,7 +301,7 @@ def embed(run, de, ids, mask, batch=256):
     de.eval()
     out = []
     for s in range(0, len(ids), batch):
-        with run.autocast:
+        with run.autocast():
             out.append(de.encode(*rows(run, ids, mask, slice(s, s + batch))).float())
     return torch.cat(out)
 
@@ -293,7 +316,7 @@ def de_ranking(run, de, qids, k):
 def bm25_ranking(run, queries, k):
     """BM25's top-k passages for `queries` (lists of token ids): [Q, k] corpus rows, -1 where a passage shares no
     token with the query."""
-    scores, ids = search.BM25(run.P_tokens).search(queries, min(k, len(run.P_tokens)))
+    scores, ids = run.bm25().search(queries, min(k, len(run.P_tokens)))
     return ids.masked_fill(scores <= 0, -1)
 
 
@@ -370,7 +393,7 @@ def stage_pretrain(run):
             ids, x, mask, picked = (t.to(run.device) for t in (ids, x, mask, picked))
             h = enc(x, mask)[picked]                                                   # [n, C]
             return F.cross_entropy(enc.mlm_logits(h).float(), ids[picked]), {}
-        run.keep(fit(run, "pretrain", enc, cfg.mlm_steps, step), "pretrain.pt")
+        fit(run, "pretrain", enc, cfg.mlm_steps, step, "pretrain.pt")
     if run.todo("pretrain", "qg_pretrain.pt"):
         qg = run.new(QueryGenerator, "pretrain.pt")
 
@@ -379,7 +402,7 @@ def stage_pretrain(run):
             src, tgt = zip(*(data.span_corrupt(t, cfg.noise, gen) for _, t in batch))
             tgt = [[run.tag[lang]] + t + [data.EOS] for (lang, _), t in zip(batch, tgt)]
             return qg.loss(*pad_dev(run, [[data.P] + s for s in src]), *pad_dev(run, tgt)), {}
-        run.keep(fit(run, "denoise", qg, cfg.denoise_steps, step), "qg_pretrain.pt")
+        fit(run, "denoise", qg, cfg.denoise_steps, step, "qg_pretrain.pt")
 
 
 # ----------------------------------------------------------------------------- stage 3: the dual-encoder
@@ -399,13 +422,13 @@ def train_de(run, name, init, q_ids, q_mask, qids, pool):
         pos = torch.tensor([positive(run, gen, q) for q in batch])
         neg = pool[b[:, None], torch.randint(pool.size(1), (B, h), generator=gen)]            # [B, h]
         cand = torch.cat([pos, neg.flatten()])                                                 # [B(1+h)]
-        s = de.encode(*rows(run, q_ids, q_mask, b)) @ de.encode(*rows(run, run.P_ids, run.P_mask, cand)).T  # [B, M]
+        s = inner(run, de.encode(*rows(run, q_ids, q_mask, b)), de.encode(*rows(run, run.P_ids, run.P_mask, cand)))  # [B, M]
         target = torch.arange(B, device=run.device)
         valid = ~other_positives(run, batch, cand)
         valid[target, target] = True
         loss, acc = losses.contrastive_loss(s, target, valid, cfg.tau)
         return loss, {"acc": acc.item()}
-    run.keep(fit(run, name, de, cfg.de_steps, step), f"{name}.pt")
+    fit(run, name, de, cfg.de_steps, step, f"{name}.pt")
 
 
 def stage_de(run):
@@ -470,7 +493,7 @@ def stage_qg(run):
             batch = draw(gen, qids, cfg.batch)
             pos = [positive(run, gen, q) for q in batch]
             return qg.loss(*rows(run, run.P_ids, run.P_mask, pos), *targets(run, batch)), {}
-        run.keep(fit(run, "qg_gen", qg, cfg.qg_steps, step), "qg_gen.pt")
+        fit(run, "qg_gen", qg, cfg.qg_steps, step, "qg_gen.pt")
     if run.todo("qg", "qg.pt"):
         qg, pool = run.new(QueryGenerator, "qg_gen.pt"), teacher_pool(run, qids)
 
@@ -479,7 +502,7 @@ def stage_qg(run):
             r = qg_scores(run, qg, targets(run, [qids[i] for i in b.tolist()]), cand)           # [B, 1+n]
             return losses.qg_rank_loss(r, -r[:, 0].mean(), tau_r=cfg.tau_r, lambda_gen=cfg.lambda_gen), \
                 {"acc": (r.argmax(1) == 0).float().mean().item()}
-        run.keep(fit(run, "qg_rank", qg, cfg.rank_steps, step), "qg.pt")
+        fit(run, "qg_rank", qg, cfg.rank_steps, step, "qg.pt")
 
 
 def stage_ce(run):
@@ -492,7 +515,7 @@ def stage_ce(run):
             b, cand = rank_batch(run, gen, qids, pool)
             c = ce(*ce_inputs(run, [qids[i] for i in b.tolist()], cand)).view(cand.shape)   # [B, 1+n]
             return losses.rank_loss(c), {"acc": (c.argmax(1) == 0).float().mean().item()}
-        run.keep(fit(run, "ce", ce, cfg.ce_steps, step), "ce.pt")
+        fit(run, "ce", ce, cfg.ce_steps, step, "ce.pt")
 
 
 # ----------------------------------------------------------------------------- stages 6-8: distillation
@@ -502,7 +525,7 @@ def in_chunks(run, stage, n, size, fn):
     """fn(slice) for consecutive slices of range(n), results concatenated; progress lines while it runs."""
     out, t0, last = [], time.time(), time.time()
     for s in range(0, n, size):
-        with run.autocast:
+        with run.autocast():
             out.append(fn(slice(s, s + size)).float().cpu())
         if time.time() - last > run.cfg.log_every:
             last = time.time()
@@ -577,7 +600,7 @@ def distil(run, name, teacher, extra=None):
         qi, qm = rows(run, q_ids, q_mask, b)
         hq = de.token_states(qi, qm)                                                          # [B, Tq, C]
         p = de.encode(*rows(run, run.P_ids, run.P_mask, c))                                   # [B*M, C]
-        s = de.pool(hq, qm) @ p.T                                                             # [B, B*M]
+        s = inner(run, de.pool(hq, qm), p)                                                    # [B, B*M]
         valid = ~other_positives(run, [qids[i] for i in b.tolist()], c)
         valid[ar, ar * M] = True
         l_ce, acc = losses.contrastive_loss(s, ar * M, valid, cfg.tau)
@@ -588,7 +611,7 @@ def distil(run, name, teacher, extra=None):
             l_x, more = extra(de, b, hq, qm, p.view(B, M, -1), own)
             loss, logs = loss + l_x, {**logs, **more}
         return loss, logs
-    run.keep(fit(run, name, de, cfg.kd_steps, step), f"{name}.pt")
+    fit(run, name, de, cfg.kd_steps, step, f"{name}.pt", key="distil")
 
 
 def stage_kd(run):
@@ -639,7 +662,8 @@ def stage_align(run):
             mask = (pos[:, None] != pos[None, :]).to(run.device) | torch.eye(len(b), dtype=torch.bool, device=run.device)
             l_a = losses.align_emb_loss(de.pool(hq, qm), eg, cfg.tau, mask)
         else:
-            s_g = torch.einsum("bc,bmc->bm", eg, p)                                           # [B, M] s(q', C(q))
+            with torch.autocast(run.device.type, enabled=False):
+                s_g = torch.einsum("bc,bmc->bm", eg.float(), p.float())                       # [B, M] s(q', C(q))
             l_a = (losses.align_dist_loss(own, s_g, tau=cfg.tau_s) if cfg.align == "dist" else
                    losses.kd_loss(s_g, t_gen[b].to(run.device), tau_s=cfg.tau_s, tau_t=tau_gen))
         return cfg.beta * l_a, {"align": l_a.item()}
@@ -681,18 +705,23 @@ def retrieve(run, de, splits):
     return {split: search.exact_topk(embed(run, de, *query_side(run, qids)), p, k) for split, qids in splits.items()}
 
 
+def eval_splits(run):
+    """{split: query ids} of dev and test, where they exist and judge some passage relevant."""
+    return {s: list(run.ds.qrels[s]) for s in ("dev", "test")
+            if s in run.ds.qrels and any(run.pos[q] for q in run.ds.qrels[s])}
+
+
 def stage_eval(run):
     """Every system (and BM25) on dev and test: runs/<system>.<split>.trec, results.json, results.md."""
     cfg, ds = run.cfg, run.ds
     os.makedirs(run.path("runs"), exist_ok=True)
     metrics = METRICS + (["r@2kt", "r@5kt"] if ds.answers else [])
     passages = {pid: ds.passage_text(i) for i, pid in enumerate(ds.pids)} if ds.answers else None
-    splits = {s: list(ds.qrels[s]) for s in ("dev", "test") if s in ds.qrels}
+    splits = eval_splits(run)
     results = {s: {} for s in splits}
     for name in ["bm25"] + [s for s in SYSTEMS if os.path.exists(run.path(f"{s}.pt"))]:
         if name == "bm25":
-            bm25 = search.BM25(run.P_tokens)
-            found = {s: bm25.search(q_tokens(run, qids), min(cfg.eval_k, len(ds.pids))) for s, qids in splits.items()}
+            found = {s: run.bm25().search(q_tokens(run, qids), min(cfg.eval_k, len(ds.pids))) for s, qids in splits.items()}
         else:
             found = retrieve(run, run.restore(DualEncoder, f"{name}.pt"), splits)
         for split, (scores, ids) in found.items():
@@ -734,6 +763,32 @@ RUNNERS = {"tokenizer": stage_tokenizer, "pretrain": stage_pretrain, "de": stage
            "kd": stage_kd, "align": stage_align, "drdecr": stage_drdecr, "eval": stage_eval}
 
 
+NEEDS = {"de": ["pretrain.pt"], "qg": ["qg_pretrain.pt", "de.pt"], "ce": ["pretrain.pt", "de.pt"],
+         "kd": ["de.pt", "qg.pt", "ce.pt"], "align": ["kd_cache.pt", "qg.pt"], "drdecr": ["kd_cache.pt", "pretrain.pt"]}
+MAKER = {"pretrain.pt": "pretrain", "qg_pretrain.pt": "pretrain", "de.pt": "de", "qg.pt": "qg", "ce.pt": "ce",
+         "kd_cache.pt": "kd"}
+CHOICES = {"pooling": ("cls", "mean"), "align": ("dist", "kd", "emb"), "teacher_negatives": ("de", "bm25")}
+
+
+class Stop(Exception):
+    """A problem the user can fix, reported as one line `error: ...` and exit status 1."""
+
+
+def check_config(cfg):
+    for name, allowed in CHOICES.items():
+        if getattr(cfg, name) not in allowed:
+            raise Stop(f"--{name.replace('_', '-')} {getattr(cfg, name)!r}: choose from {', '.join(allowed)}")
+    rules = [(cfg.dim % cfg.n_heads == 0, "--dim must be a multiple of --n-heads"),
+             (0 < cfg.teacher_frac <= 1, "--teacher-frac must be in (0, 1]"),
+             (cfg.max_len_q >= 3 and cfg.max_len_p >= 2, "--max-len-q must be >= 3 and --max-len-p >= 2"),
+             (1 <= cfg.rank_negs <= cfg.pool and cfg.negatives <= cfg.pool, "--rank-negs and --negatives must be <= --pool"),
+             (min(cfg.mlm_steps, cfg.denoise_steps, cfg.de_steps, cfg.qg_steps, cfg.rank_steps, cfg.ce_steps,
+                  cfg.kd_steps) >= 0, "step counts must be >= 0")]
+    for ok, problem in rules:
+        if not ok:
+            raise Stop(problem)
+
+
 def skip_reason(run, stage):
     """Why a stage cannot run on this data set, or None."""
     ds = run.ds
@@ -743,8 +798,8 @@ def skip_reason(run, stage):
         return "a single query language: nothing to align"
     if stage == "drdecr" and not (ds.translations and all(q in ds.translations for q in run.train)):
         return "no oracle translation of every training query (translations.jsonl)"
-    if stage == "eval" and not ({"dev", "test"} & set(ds.qrels)):
-        return "no qrels/dev.tsv or qrels/test.tsv"
+    if stage == "eval" and not eval_splits(run):
+        return "no qrels/dev.tsv or qrels/test.tsv with a relevant passage"
     return None
 
 
@@ -755,7 +810,8 @@ def parse_args(argv):
     ap.add_argument("--preset", choices=list(PRESETS), default="tiny", help="defaults: tiny (CPU) or gpu")
     ap.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated, any of {STAGES}")
     ap.add_argument("--threads", type=int, help="CPU threads (default: torch's, one per core)")
-    ap.add_argument("--encode", metavar="CKPT", help="only search: a saved DE over --data's corpus, --split queries")
+    ap.add_argument("--encode", metavar="CKPT", help="only search: a DE saved by a run (its folder gives the tokenizer "
+                    "and config) over --data's corpus, for the queries of --split")
     ap.add_argument("--split", default="test", help="with --encode: the queries to search")
     ap.add_argument("--run", default="run.trec", help="with --encode: the TREC run to write")
     group = ap.add_argument_group("config (every field of Config, commented in train.py; defaults from --preset)")
@@ -773,49 +829,74 @@ def parse_args(argv):
     return args, cfg, stages
 
 
-def main(argv=None):
-    args, cfg, stages = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+def encode_only(args, ds):
+    """--encode: a TREC run of one split's queries with a saved DE, tokenised as in the run that trained it."""
+    out = os.path.dirname(os.path.abspath(args.encode))
+    for path in (args.encode, os.path.join(out, "config.json"), os.path.join(out, "tokenizer.json")):
+        if not os.path.exists(path):
+            raise Stop(f"{path}: not found (--encode takes a checkpoint in the output folder of a run)")
+    if args.split not in ds.qrels:
+        raise Stop(f"{ds.root}/qrels/{args.split}.tsv: not found (--split)")
+    made = json.load(open(os.path.join(out, "config.json")))
+    run = Run(Config(**{k: v for k, v in made.items() if k in Config.__dataclass_fields__}), ds, out)
+    run.tokenize()
+    qids = list(ds.qrels[args.split])
+    scores, ids = retrieve(run, run.restore(DualEncoder, os.path.abspath(args.encode)), {args.split: qids})[args.split]
+    search.write_trec(args.run, qids, ds.pids, scores.cpu(), ids.cpu(), os.path.basename(args.encode))
+    print(f"wrote {args.run}")
+
+
+def pipeline(args, cfg, stages):
+    check_config(cfg)
     root = args.data or "data/tiny"
-    try:
-        if args.data is None and not os.path.exists(root):
-            import synth
-            synth.generate(root, "tiny", 0)
-            print(f"wrote the tiny synthetic benchmark to {root}")
-        ds = data.load(root)
-    except data.DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    if args.data is None and not os.path.exists(root):
+        import synth
+        synth.generate(root + ".tmp", "tiny", 0)
+        os.replace(root + ".tmp", root)
+        print(f"wrote the tiny synthetic benchmark to {root}")
+    ds = data.load(root)
+    if args.encode:
+        return encode_only(args, ds)
     os.makedirs(args.out, exist_ok=True)
     run = Run(cfg, ds, args.out)
-    if args.encode:  # search only: a TREC run of one split's queries with a saved DE
-        run.tokenize()
-        qids = list(ds.qrels[args.split])
-        scores, ids = retrieve(run, run.restore(DualEncoder, os.path.abspath(args.encode)), {args.split: qids})[args.split]
-        search.write_trec(args.run, qids, ds.pids, scores.cpu(), ids.cpu(), os.path.basename(args.encode))
-        print(f"wrote {args.run}")
-        return 0
     made = run.path("config.json")
     want = json.dumps({"data": os.path.abspath(root), **dataclasses.asdict(cfg)}, indent=1)
     if os.path.exists(made) and open(made).read() != want:
-        print(f"error: {made}: {args.out} was made with another config or data set; use a new --out", file=sys.stderr)
-        return 1
+        raise Stop(f"{made}: {args.out} was made with another config or data set; use a new --out")
     write_text(made, want)
     print(ds.summary())
     print("config: " + " ".join(f"{k}={v}" for k, v in dataclasses.asdict(cfg).items()), flush=True)
     times, t_all = {}, time.time()
     for stage in STAGES:
-        if stage == "tokenizer" or stage in stages:
-            why = skip_reason(run, stage) if stage != "tokenizer" else None
-            if why:
-                log(stage, f"skipped: {why}")
-                continue
-            t0 = time.time()
-            RUNNERS[stage](run)
-            times[stage] = time.time() - t0
+        if stage != "tokenizer" and stage not in stages:
+            continue
+        why = skip_reason(run, stage) if stage != "tokenizer" else None
+        if why:
+            log(stage, f"skipped: {why}")
+            continue
+        for name in NEEDS.get(stage, []):
+            if not os.path.exists(run.path(name)):
+                raise Stop(f"{run.path(name)}: not found; stage {stage} needs it: add stage {MAKER[name]} to --stages")
+        t0 = time.time()
+        RUNNERS[stage](run)
+        times[stage] = time.time() - t0
+        if stage == "tokenizer":
+            need = max(cfg.pool, cfg.kd_k) + max(map(len, run.pos.values()))
+            if len(ds.pids) < need:
+                raise Stop(f"{root}/corpus.jsonl:0: {len(ds.pids)} passages; --pool and --kd-k need {need}")
     print("time per stage: " + ", ".join(f"{s} {t:.0f}s" for s, t in times.items()) +
           f"; total {time.time() - t_all:.0f}s")
+
+
+def main(argv=None):
+    args, cfg, stages = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        pipeline(args, cfg, stages)
+    except (Stop, data.DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

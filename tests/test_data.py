@@ -259,3 +259,12 @@ def test_mlm_mask_rates_and_specials():
     masked = (x[picked] == data.MASK).float().mean()
     assert 0.72 < masked < 0.88
     assert (x[picked & (x != data.MASK)] >= len(data.SPECIALS)).all()                 # random tokens are not specials
+
+
+def test_query_judged_in_two_splits(tmp_path):
+    root = write_set(tmp_path)
+    with open(os.path.join(root, "qrels", "train.tsv"), "w") as f:
+        f.write("query-id\tcorpus-id\tscore\nq2\td2\t1\nq1\td1\t1\n")
+    with pytest.raises(data.DataError) as e:
+        data.load(root)
+    assert str(e.value) == os.path.join(root, "qrels", "test.tsv") + ":2: query 'q1' is also judged in train.tsv"

@@ -134,3 +134,35 @@ def test_other_alignment_losses_train(full_run, micro, tmp_path, variant):
     assert train.main(["--data", micro, "--out", out, "--stages", "align", "--align", variant, *MICRO]) == 0
     a, b = (torch.load(os.path.join(d, "qg_kd_align.pt"), weights_only=True)["model"] for d in (full_run, out))
     assert any(not torch.equal(a[k], b[k]) for k in a)
+
+
+def test_missing_input_small_corpus_and_bad_config_are_one_line_errors(micro, tmp_path, capsys):
+    out = str(tmp_path / "out")
+    assert train.main(["--data", micro, "--out", out, "--stages", "kd", *MICRO]) == 1
+    assert capsys.readouterr().err.strip().endswith("de.pt: not found; stage kd needs it: add stage de to --stages")
+    assert train.main(["--data", micro, "--out", str(tmp_path / "o2"), *MICRO, "--pool", "300"]) == 1
+    assert "corpus.jsonl:0: 280 passages; --pool and --kd-k need 301" in capsys.readouterr().err
+    for flag, value, message in [("--align", "foo", "--align 'foo': choose from dist, kd, emb"),
+                                 ("--teacher-frac", "0", "--teacher-frac must be in (0, 1]")]:
+        assert train.main(["--data", micro, "--out", out, *MICRO, flag, value]) == 1
+        assert capsys.readouterr().err.strip() == f"error: {message}"
+
+
+def test_a_less_regular_data_set(micro, tmp_path):
+    """No dev split, several positives for some queries, a language with a single training query (and no oracle
+    translation, so no DR.DECR), a query with no language outside the qrels, a passage far longer than max_len_p:
+    the pipeline runs through."""
+    root = str(tmp_path / "data")
+    shutil.copytree(micro, root)
+    os.remove(os.path.join(root, "qrels", "dev.tsv"))
+    with open(os.path.join(root, "corpus.jsonl"), "a") as f:
+        f.write(json.dumps({"_id": "long", "title": "Long", "text": "word " * 3000}) + "\n")
+    with open(os.path.join(root, "queries.jsonl"), "a") as f:
+        f.write(json.dumps({"_id": "orphan", "text": "no language"}) + "\n")
+        f.write(json.dumps({"_id": "lone", "text": "Долгий", "lang": "ru"}) + "\n")
+    with open(os.path.join(root, "qrels", "train.tsv"), "a") as f:
+        f.write("train-qa-0\tp1\t1\ntrain-qa-1\tp2\t2\nlone\tlong\t1\n")
+    out = str(tmp_path / "out")
+    assert train.main(["--data", root, "--out", out, *MICRO]) == 0
+    res = json.load(open(os.path.join(out, "results.json")))
+    assert res["split"] == "test" and res["dev"] == {} and list(res["systems"]) == ["bm25", *train.SYSTEMS[:-1]]
