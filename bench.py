@@ -200,8 +200,6 @@ def _search_agree(q, p, ids, ref_ids):
 
 def bench_search(args):
     """exact_topk time, throughput and peak memory over a sweep of N and d (faiss side by side when installed)."""
-    import statistics
-    import time
     import search
     try:
         import faiss

@@ -113,8 +113,9 @@ def rank_loss(scores, mask=None, tau=1.0):
 def qg_rank_loss(r, nll, mask=None, tau_r=1.0, lambda_gen=1.0):
     """QG ranking fine-tune, METHOD.md 2: L_qgrank = rank_loss(r / tau_r) + lambda_gen * L_gen.
 
-    r [Q, k]: r(q, p_j) mean token log-likelihoods (sequence_loglik), positive at column 0; nll: scalar
-    generation_nll of the positives (lambda_gen > 0 keeps the generator able to write queries). Scalar.
+    r [Q, k]: r(q, p_j) mean token log-likelihoods (sequence_loglik), positive at column 0; nll: scalar L_gen of
+    the positives, METHOD's -1/Q sum_q r(q, p+) (= -r[:, 0].mean(), as train.py passes it; generation_nll is the
+    token-mean variant). lambda_gen > 0 keeps the generator able to write queries. Scalar.
     """
     return rank_loss(r, mask, tau_r) + lambda_gen * nll
 

@@ -53,9 +53,9 @@ class Config:
     n_dec_layers: int = 2        # QG decoder blocks
     n_heads: int = 4
     dropout: float = 0.1
-    init_std: float = 0.02       # std of the token-embedding init
+    init_std: float = 0.02       # std of the token-embedding init (1.0, METHOD's note, broke MLM pre-training here)
     pooling: str = "cls"         # DE pooling: cls | mean
-    normalize: bool = False      # L2-normalise DE embeddings (then set tau ~ 0.05)
+    normalize: bool = False      # L2-normalise DE embeddings (then set tau and tau_s ~ 0.05)
     max_len_q: int = 32          # query tokens, marker (or language tag and [EOS]) included
     max_len_p: int = 96          # passage tokens (title + text), marker included
     # optimisation: AdamW, linear warm-up then cosine decay, in every stage
@@ -71,7 +71,7 @@ class Config:
     qg_steps: int = 800          # QG generation training
     rank_steps: int = 300        # QG ranking fine-tune
     ce_steps: int = 600
-    kd_steps: int = 400          # each distilled student (ce_kd, qg_kd, qg_kd_align, drdecr)
+    kd_steps: int = 300          # each distilled student (ce_kd, qg_kd, qg_kd_align, drdecr)
     # method
     tau: float = 1.0             # contrastive temperature
     negatives: int = 1           # hard negatives per query in DE training
@@ -81,13 +81,13 @@ class Config:
     teacher_frac: float = 1.0    # share of each language's training queries the teachers see (claim 1)
     lambda_gen: float = 1.0      # weight of L_gen in the QG ranking loss
     tau_r: float = 1.0           # temperature of the QG ranking softmax
-    kd_k: int = 16               # C(q) = p+ and the warm DE's top-K other passages
+    kd_k: int = 12               # C(q) = p+ and the warm DE's top-K other passages
     alpha: float = 1.0           # weight of L_kd
     tau_t: float = 0.0           # teacher temperature; 0 = as sharp as the warm DE (losses.matched_temperature)
     tau_s: float = 1.0           # student temperature
     align: str = "dist"          # alignment loss: dist | kd | emb
     beta: float = 1.0            # weight of the alignment loss
-    gen_temperature: float = 0.0  # QG sampling temperature for generated queries (0 = greedy)
+    gen_temperature: float = 0.0  # QG sampling temperature for generated queries (0 = greedy; written once, ours)
     gamma: float = 1.0           # weight of DR.DECR's token-level representation KD
     mlm_prob: float = 0.15       # share of tokens masked in MLM pre-training
     noise: float = 0.3           # share of tokens dropped in spans by the QG's denoising pre-training
@@ -173,10 +173,10 @@ class Run:
                            max_len=c.max_len_q + c.max_len_p, dropout=c.dropout, pooling=c.pooling,
                            normalize=c.normalize, init_std=c.init_std, n_dec_layers=c.n_dec_layers)
 
-    def new(self, cls, init=None, seed=0):
+    def new(self, cls, init=None):
         """A fresh model on the device; `init` names a checkpoint to start from: its whole state_dict when it holds
         a model of the same class (a DE copied for distillation), else its encoder (pretrain.pt's MLM encoder)."""
-        torch.manual_seed(self.cfg.seed * 1000 + seed)
+        torch.manual_seed(self.cfg.seed)
         m = cls(self.model_config())
         if init:
             ck = load(self.path(init))
@@ -526,7 +526,7 @@ def in_chunks(run, stage, n, size, fn):
     out, t0, last = [], time.time(), time.time()
     for s in range(0, n, size):
         with run.autocast():
-            out.append(fn(slice(s, s + size)).float().cpu())
+            out.append(fn(slice(s, s + size)).cpu())
         if time.time() - last > run.cfg.log_every:
             last = time.time()
             log(stage, f"{min(n, s + size)}/{n} | eta {(n - s - size) * (last - t0) / (s + size):.0f}s")
@@ -544,8 +544,8 @@ def scored_candidates(run, qids):
     log("kd", f"scoring {cand.numel()} (query, passage) pairs with both teachers")
     return {"qids": qids, "cand": cand,
             "de": torch.einsum("qc,qmc->qm", q, p[cand.to(run.device)]).cpu(),
-            "qg": in_chunks(run, "kd", len(qids), 16, lambda s: qg_scores(run, qg, targets(run, qids[s]), cand[s])),
-            "ce": in_chunks(run, "kd", len(qids), 16, lambda s: ce(*ce_inputs(run, qids[s], cand[s])).view(-1, cand.size(1)))}
+            "qg": in_chunks(run, "kd", len(qids), 16, lambda s: qg_scores(run, qg, targets(run, qids[s]), cand[s]).float()),
+            "ce": in_chunks(run, "kd", len(qids), 16, lambda s: ce(*ce_inputs(run, qids[s], cand[s])).view(-1, cand.size(1)).float())}
 
 
 def first_rate(run, c):
@@ -585,8 +585,8 @@ def distil(run, name, teacher, extra=None):
     """A copy of the warm DE trained with L = L_ce + alpha * L_kd (METHOD.md 4) [+ extra]: each step B training
     queries with their candidates C(q); L_ce is the contrastive loss over every candidate of the batch, L_kd the
     KL from teacher [Q, 1+K] to the student over each query's own C(q).
-    extra(de, b, hq, q_mask, p) -> (loss, logs) adds a term: b the batch rows, hq the query token states
-    [B, Tq, C], p the candidate embeddings [B, 1+K, C]."""
+    extra(de, b, hq, q_mask, p, own) -> (loss, logs) adds a term: b the batch rows, hq the query token states
+    [B, Tq, C], p the candidate embeddings [B, 1+K, C], own the student's scores s(q, C(q)) [B, 1+K]."""
     cfg, kd = run.cfg, load(run.path("kd_cache.pt"))
     qids, cand = kd["qids"], kd["cand"]
     q_ids, q_mask = query_side(run, qids)
@@ -616,9 +616,9 @@ def distil(run, name, teacher, extra=None):
 
 def stage_kd(run):
     stage_kd_cache(run)
-    for name in ("ce_kd", "qg_kd"):
-        if run.todo("kd", f"{name}.pt"):
-            distil(run, name, load(run.path("kd_cache.pt"))[name[:2]])
+    for teacher in ("ce", "qg"):
+        if run.todo("kd", f"{teacher}_kd.pt"):
+            distil(run, f"{teacher}_kd", load(run.path("kd_cache.pt"))[teacher])
 
 
 def stage_align(run):
@@ -640,18 +640,18 @@ def stage_align(run):
             ids, mask = qg.generate(*rows(run, run.P_ids, run.P_mask, pos[s]), tags[s].to(run.device),
                                     cfg.max_len_q - 2, data.EOS, cfg.gen_temperature, 0, g)
             return F.pad(ids.masked_fill(~mask, data.PAD), (0, cfg.max_len_q - 2 - ids.size(1)))
-        gen_ids = in_chunks(run, "align", len(qids), 64, write).long()                      # [Q, max_len_q - 2]
+        gen_ids = in_chunks(run, "align", len(qids), 64, write)                             # [Q, max_len_q - 2]
         tokens = [[t for t in row if t != data.PAD] for row in gen_ids.tolist()]
         save(run.path("generated.pt"), {"qids": qids, "lang": target, "tokens": tokens})
         for x in langs:  # a few examples per language, for the reader of the log
             for i in [i for i, t in enumerate(target) if t == x][:2]:
                 log("align", f"{x}: {run.tok.decode(tokens[i])!r} <- {ds.queries[qids[i]]!r} ({ds.lang[qids[i]]})")
-    gen = load(run.path("generated.pt"))
-    g_ids, g_mask = pad_batch([[data.Q] + t for t in gen["tokens"]])
+    written = load(run.path("generated.pt"))
+    g_ids, g_mask = pad_batch([[data.Q] + t for t in written["tokens"]])
     if cfg.align == "kd":  # teacher scores of the generated queries over C(q), once
         qg = run.restore(QueryGenerator, "qg.pt")
-        tgt_ids, tgt_mask = pad_batch([[run.tag[x]] + t + [data.EOS] for x, t in zip(gen["lang"], gen["tokens"])])
-        t_gen = in_chunks(run, "align", len(qids), 16, lambda s: qg_scores(run, qg, rows(run, tgt_ids, tgt_mask, s), cand[s]))
+        tgt_ids, tgt_mask = pad_batch([[run.tag[x]] + t + [data.EOS] for x, t in zip(written["lang"], written["tokens"])])
+        t_gen = in_chunks(run, "align", len(qids), 16, lambda s: qg_scores(run, qg, rows(run, tgt_ids, tgt_mask, s), cand[s]).float())
         tau_gen = teacher_tau(run, kd["qg"], kd)
     same_pos = cand[:, 0]
 
