@@ -11,15 +11,6 @@ from model import Attention, DualEncoder, Encoder, ModelConfig, attention_mask, 
 V = 40
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from a second thread and lose a lot when the cores are busy (OpenMP spinning)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny(**kw):
     return ModelConfig(**{"vocab_size": V, "dim": 32, "n_layers": 2, "n_heads": 4, "max_len": 24, **kw})
 

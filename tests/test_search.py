@@ -13,15 +13,6 @@ import evaluate
 import search
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small matrices gain nothing from a second thread and lose a lot when the cores are busy."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # ---------------------------------------------------------------- references
 def brute(q, p, k):
     """The full score matrix, stably sorted: score descending, then lower passage row (the module's tie rule)."""

@@ -12,15 +12,6 @@ from teacher import CrossEncoder, QueryGenerator, sample
 V, EOS, TAGS = 40, 8, (9, 10, 11)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from a second thread and lose a lot when the cores are busy (OpenMP spinning)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny(**kw):
     return ModelConfig(**{"vocab_size": V, "dim": 32, "n_layers": 1, "n_heads": 4, "max_len": 24,
                           "n_dec_layers": 2, "dropout": 0.0, **kw})

@@ -18,15 +18,6 @@ MICRO = ("--dim 32 --n-heads 2 --n-layers 1 --n-dec-layers 1 --vocab-size 700 --
          "--kd-steps 10 --kd-k 4 --rank-negs 3 --pool 8 --eval-k 20 --ckpt-every 5 --log-every 60").split()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from a second thread and lose a lot when the cores are busy (OpenMP spinning)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def micro(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("data"))
