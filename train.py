@@ -537,9 +537,10 @@ def scored_candidates(run, qids):
     """C(q) = p+ (column 0) and the warm DE's top kd_k other passages, with every scorer's scores on it:
     {qids, cand [Q, 1+K], de, qg, ce [Q, 1+K]}. The teachers' scores are what distillation learns from."""
     cfg, de = run.cfg, run.restore(DualEncoder, "de.pt")
-    cand = torch.cat([torch.tensor([run.pos[q][0] for q in qids])[:, None],
-                      negatives(run, qids, de_ranking(run, de, qids, cfg.kd_k + 5), cfg.kd_k, cfg.seed)], 1)
     q, p = embed(run, de, *query_side(run, qids)), embed(run, de, run.P_ids, run.P_mask)
+    ranked = search.exact_topk(q, p, min(cfg.kd_k + 5, len(p)))[1].cpu()                  # as de_ranking, embedded once
+    cand = torch.cat([torch.tensor([run.pos[x][0] for x in qids])[:, None],
+                      negatives(run, qids, ranked, cfg.kd_k, cfg.seed)], 1)
     qg, ce = run.restore(QueryGenerator, "qg.pt"), run.restore(CrossEncoder, "ce.pt")
     log("kd", f"scoring {cand.numel()} (query, passage) pairs with both teachers")
     return {"qids": qids, "cand": cand,
