@@ -227,5 +227,7 @@ class DualEncoder(nn.Module):
 
     @staticmethod
     def score(q, p):
-        """q [Q, C], p [N, C] -> s [Q, N] inner products."""
-        return q @ p.t()
+        """q [Q, C], p [N, C] -> s [Q, N] inner products, in float32 even under bf16 autocast (they are the logits of
+        the training losses)."""
+        with torch.autocast(q.device.type, enabled=False):
+            return q.float() @ p.float().T

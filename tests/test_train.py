@@ -12,10 +12,10 @@ import evaluate
 import synth
 import train
 from model import DualEncoder
+from outdir import OutDir
+from report import METRICS, SYSTEMS
 
-MICRO = ("--dim 32 --n-heads 2 --n-layers 1 --n-dec-layers 1 --vocab-size 700 --max-len-p 48 --batch 16 "
-         "--rank-batch 4 --mlm-steps 30 --denoise-steps 20 --de-steps 100 --qg-steps 30 --rank-steps 10 --ce-steps 10 "
-         "--kd-steps 10 --kd-k 4 --rank-negs 3 --pool 8 --eval-k 20 --ckpt-every 5 --log-every 60").split()
+MICRO = ["--preset", "micro", "--log-every", "60"]  # the tests' settings are the micro preset
 
 
 @pytest.fixture(scope="module")
@@ -34,17 +34,17 @@ def full_run(micro, tmp_path_factory):
 
 def test_every_output_exists_and_parses(full_run, micro):
     res = json.load(open(os.path.join(full_run, "results.json")))
-    assert list(res["systems"]) == ["bm25", *train.SYSTEMS] and res["split"] == "test"
+    assert list(res["systems"]) == ["bm25", *SYSTEMS] and res["split"] == "test"
     ds = data.load(micro)
     for name in res["systems"]:
         for split in ("dev", "test"):
             run = evaluate.read_run(os.path.join(full_run, "runs", f"{name}.{split}.trec"))
             assert set(run) == set(ds.qrels[split]) and all(len(r) == 20 for r in run.values())
         assert set(res["systems"][name]["per_lang"]) == {"qa", "qb", "qc", "qd", "qe"}
-        assert set(res["systems"][name]["all"]) == set(train.METRICS + ["r@2kt", "r@5kt"])
+        assert set(res["systems"][name]["all"]) == set(METRICS + ["r@2kt", "r@5kt"])
     md = open(os.path.join(full_run, "results.md"), encoding="utf-8").read()
     assert "## recall@100" in md and "| qg_kd_align |" in md and "qc (8)" in md
-    for name in train.SYSTEMS + ["pretrain", "qg", "ce"]:
+    for name in SYSTEMS + ["pretrain", "qg", "ce"]:
         ck = torch.load(os.path.join(full_run, f"{name}.pt"), weights_only=True)
         assert set(ck) == {"model", "config", "cls"}
     assert not [f for f in os.listdir(full_run) if f.endswith((".tmp", ".partial.pt"))]
@@ -52,15 +52,16 @@ def test_every_output_exists_and_parses(full_run, micro):
 
 def test_trained_de_beats_untrained(full_run, micro):
     """On its own training queries, the trained DE ranks positives far higher than a randomly initialised one."""
-    run = train.Run(train.parse_args(["--data", micro, *MICRO])[1], data.load(micro), full_run)
-    run.tokenize()
-    qids = run.train
+    cfg, out = train.cli.parse_args(["--data", micro, *MICRO], "", train.Config, train.PRESETS, train.NAMES, train.SYNTH_SIZE)[1], OutDir(full_run)
+    d = train.stage_tokenizer(cfg, data.load(micro), out)
+    qids = d.train
 
     def mrr(de):
-        scores, ids = train.retrieve(run, de, {"train": qids})["train"]
-        ranked = {q: {run.ds.pids[i]: s for i, s in zip(row, srow)} for q, row, srow in zip(qids, ids.tolist(), scores.tolist())}
-        return evaluate.evaluate(run.ds.qrels["train"], ranked, ["mrr@10"])["all"]["mrr@10"]
-    trained, untrained = mrr(run.restore(DualEncoder, "de.pt")), mrr(run.new(DualEncoder).eval())
+        scores, ids = d.retrieve(cfg.eval_k, de, {"train": qids})["train"]
+        ranked = {q: {d.ds.pids[i]: s for i, s in zip(row, srow)} for q, row, srow in zip(qids, ids.tolist(), scores.tolist())}
+        return evaluate.evaluate(d.ds.qrels["train"], ranked, ["mrr@10"])["all"]["mrr@10"]
+    untrained = out.new_model(DualEncoder, train.model_config(cfg, d), cfg.seed).eval()
+    trained, untrained = mrr(out.load_model(DualEncoder, "de.pt")), mrr(untrained)
     assert trained > untrained + 0.1, (trained, untrained)
 
 
@@ -134,7 +135,7 @@ def test_missing_input_small_corpus_and_bad_config_are_one_line_errors(micro, tm
     assert train.main(["--data", micro, "--out", str(tmp_path / "o2"), *MICRO, "--pool", "300"]) == 1
     assert "corpus.jsonl:0: 280 passages; --pool and --kd-k need 301" in capsys.readouterr().err
     for flag, value, message in [("--align", "foo", "--align 'foo': choose from dist, kd, emb"),
-                                 ("--teacher-frac", "0", "--teacher-frac must be in (0, 1]")]:
+                                 ("--teacher-frac", "0", "--teacher-frac 0.0: must be in (0, 1]")]:
         assert train.main(["--data", micro, "--out", out, *MICRO, flag, value]) == 1
         assert capsys.readouterr().err.strip() == f"error: {message}"
 
@@ -156,4 +157,4 @@ def test_a_less_regular_data_set(micro, tmp_path):
     out = str(tmp_path / "out")
     assert train.main(["--data", root, "--out", out, *MICRO]) == 0
     res = json.load(open(os.path.join(out, "results.json")))
-    assert res["split"] == "test" and res["dev"] == {} and list(res["systems"]) == ["bm25", *train.SYSTEMS[:-1]]
+    assert res["split"] == "test" and res["dev"] == {} and list(res["systems"]) == ["bm25", *SYSTEMS[:-1]]

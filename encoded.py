@@ -1,0 +1,232 @@
+"""The data set as the networks read it, tokenised once, and what is computed from it before a loss: embeddings,
+rankings (dense and BM25) and hard negatives. The plumbing under train.py.
+
+Every input form side by side (rows of a padded matrix, built once, cut to a batch's longest sequence on use):
+    passage     [P] title text             P_ids   [N, Tp]  DE passage side, QG encoder input, CE second segment
+    query       [Q] q                      Q_ids   [Q, Tq]  DE query side
+                <2l> q [EOS]               T_ids   [Q, Tq]  QG target: the tag names the language to write
+                [CLS] q [SEP] p            built per (query, candidate) pair by `ce_pairs`
+Passages and queries are addressed by row: passage rows index ds.pids, `qrow[qid]` the query matrices.
+
+Shapes: N passages, Q queries, T tokens, C channels, k candidates per query.
+"""
+import random
+from dataclasses import dataclass
+
+import torch
+
+import data
+import search
+from model import pad_batch
+from outdir import DEVICE, Progress, autocast, log
+
+NO_LIMIT = 1 << 30   # a max_len that keeps every token (BM25 reads whole passages)
+EMBED_BATCH = 256    # sequences per DE forward pass when embedding
+SCORE_CHUNK = 16     # queries per teacher-scoring call (each with its 1 + K candidates)
+POOL_SLACK = 5       # a ranking fetches this many passages beyond those it keeps: room for the positives it drops
+
+
+def batch_rows(ids, mask, index):
+    """Rows `index` of a padded matrix, cut to their longest sequence, on the device."""
+    ids, mask = ids[index], mask[index]
+    T = max(1, int(mask.sum(1).max()))
+    return ids[:, :T].to(DEVICE), mask[:, :T].to(DEVICE)
+
+
+def pad_on_device(seqs):
+    return tuple(t.to(DEVICE) for t in pad_batch(seqs))
+
+
+@dataclass
+class Candidates:
+    """C(q) of some queries with every scorer's scores on it; the kd stage caches the training queries' (kd_cache.pt)."""
+    qids: list            # the queries, in the order of every row below
+    cand: torch.Tensor    # [Q, 1+K] corpus rows: the query's first positive p+ in column 0, the warm DE's top K others
+    de: torch.Tensor      # [Q, 1+K] s(q, p), the warm DE
+    qg: torch.Tensor      # [Q, 1+K] r(q, p), the QG teacher
+    ce: torch.Tensor      # [Q, 1+K] c(q, p), the CE teacher
+
+
+class EncodedData:
+    """A data.Dataset tokenised in every input form, with each query's positives and the training queries."""
+
+    def __init__(self, ds, tok, max_len_q, max_len_p, pivot):
+        self.ds, self.tok = ds, tok
+        passages = data.encode(tok, [ds.passage_text(i) for i in range(len(ds.pids))], max_len_p, [data.P])
+        self.P_ids, self.P_mask = pad_batch(passages)                                     # [N, Tp]
+        self.P_tokens = [p[1:] for p in passages]                                          # without the marker
+        self.qids = list(ds.queries)
+        self.qrow = {q: i for i, q in enumerate(self.qids)}
+        self.Q_tokens = data.encode(tok, ds.queries.values(), max_len_q - 2)              # room for a tag and [EOS]
+        self.Q_ids, self.Q_mask = pad_batch([[data.Q] + q for q in self.Q_tokens])       # [Q, Tq]
+        langs = [*ds.languages(), pivot, *ds.unlabelled]
+        self.tag = {lang: tok.token_to_id(data.lang_tag(lang)) for lang in langs}          # language -> <2l> id
+        self.T_ids, self.T_mask = pad_batch([[self.tag.get(ds.lang.get(q), data.UNK)] + t + [data.EOS]
+                                             for q, t in zip(self.qids, self.Q_tokens)])  # [Q, Tq]
+        row = {p: i for i, p in enumerate(ds.pids)}
+        self.pos = {q: [row[p] for p, s in rel.items() if s > 0] for split in ds.qrels.values() for q, rel in split.items()}
+        self.train = [q for q in ds.qrels.get("train", {}) if self.pos[q]]                # queries with a positive
+        self._bm25 = None
+
+    def rows(self, qids):
+        """Row of each query in the query matrices."""
+        return [self.qrow[q] for q in qids]
+
+    def query_tokens(self, qids):
+        return [self.Q_tokens[self.qrow[q]] for q in qids]
+
+    def de_queries(self, qids):
+        """[Q] q of the queries `qids`: ids, mask [len(qids), Tq] (on the CPU, uncut: a matrix to draw batches from)."""
+        return self.Q_ids[self.rows(qids)], self.Q_mask[self.rows(qids)]
+
+    def passages(self, rows):
+        """[P] title text of corpus rows `rows`, on the device."""
+        return batch_rows(self.P_ids, self.P_mask, rows)
+
+    def qg_targets(self, qids):
+        """<2l> q [EOS] of the queries `qids`, on the device."""
+        return batch_rows(self.T_ids, self.T_mask, self.rows(qids))
+
+    def ce_pairs(self, qids, cand):
+        """[CLS] q [SEP] p for every (query, candidate) pair, cand [Q, k] corpus rows: ids, mask [Q*k, T] on the device."""
+        return pad_on_device([[data.CLS] + q + [data.SEP] + self.P_tokens[p]
+                              for q, row in zip(self.query_tokens(qids), cand.tolist()) for p in row])
+
+    def positive(self, gen, q):
+        """One of the query's positive passages (corpus row), drawn at random."""
+        return self.pos[q][int(torch.randint(len(self.pos[q]), (1,), generator=gen))]
+
+    def other_positives(self, qids, cand):
+        """[B, M] bool, True where candidate cand[j] (corpus rows, [M]) is a positive of qids[i]."""
+        return torch.tensor([[c in self.pos[q] for c in cand.tolist()] for q in qids], device=DEVICE)
+
+    # ------------------------------------------------------------------------- rankings and hard negatives
+
+    @torch.no_grad()
+    def embed(self, de, ids, mask):
+        """DE embeddings of padded sequences, in eval mode: [n, C] float32 on the device."""
+        de.eval()
+        out = []
+        for s in range(0, len(ids), EMBED_BATCH):
+            with autocast():
+                out.append(de.encode(*batch_rows(ids, mask, slice(s, s + EMBED_BATCH))).float())
+        return torch.cat(out)
+
+    def embed_passages(self, de):
+        return self.embed(de, self.P_ids, self.P_mask)                                    # [N, C]
+
+    def de_ranking(self, de, qids, k):
+        """The DE's top-k passages for each query: [Q, k] corpus rows."""
+        p = self.embed_passages(de)
+        q = self.embed(de, *self.de_queries(qids))
+        return search.exact_topk(q, p, min(k, len(p)))[1].cpu()
+
+    def bm25(self):
+        """The BM25 index of the whole passages (the networks see only their first max_len_p tokens), built once."""
+        if self._bm25 is None:
+            texts = [self.ds.passage_text(i) for i in range(len(self.ds.pids))]
+            self._bm25 = search.BM25(data.encode(self.tok, texts, NO_LIMIT))
+        return self._bm25
+
+    def bm25_ranking(self, queries, k):
+        """BM25's top-k passages for `queries` (lists of token ids): [Q, k] corpus rows, -1 where a passage shares
+        no token with the query."""
+        scores, ids = self.bm25().search(queries, min(k, len(self.P_tokens)))
+        return ids.masked_fill(scores <= 0, -1)
+
+    def hard_negatives(self, qids, ranked, size, seed):
+        """Per query the first `size` ranked passages that are not its positives: [Q, size]; when a ranking runs
+        short (BM25 on a query that shares no token with any passage) random passages fill it."""
+        rng, out = random.Random(seed), []
+        for q, row in zip(qids, ranked.tolist()):
+            keep = [p for p in row if p >= 0 and p not in self.pos[q]][:size]
+            while len(keep) < size:
+                p = rng.randrange(len(self.P_tokens))
+                if p not in self.pos[q] and p not in keep:
+                    keep.append(p)
+            out.append(keep)
+        return torch.tensor(out)
+
+    # ------------------------------------------------------------------------- scoring and search
+
+    @torch.no_grad()
+    def chunked(self, log_every, stage, n, size, fn):
+        """fn(slice) for consecutive slices of range(n), under autocast, moved to the CPU and concatenated; a
+        progress line every `log_every` seconds."""
+        parts, progress = [], Progress(stage, log_every)
+        for s in range(0, n, size):
+            with autocast():
+                parts.append(fn(slice(s, s + size)).cpu())
+            progress.tick(min(n, s + size), n)
+        return torch.cat(parts)
+
+    def qg_scores(self, qg, tgt, cand):
+        """The QG's r(q, p) over candidates cand [Q, k] (corpus rows) for targets tgt = (ids, mask) [Q, T] on the
+        device -> [Q, k]. Each distinct passage of the batch is encoded once."""
+        uniq, inv = cand.unique(return_inverse=True)
+        return qg.score(*self.passages(uniq), *tgt, inv.to(DEVICE))
+
+    def eval_splits(self):
+        """{split: query ids} of dev and test, where they exist and judge some passage relevant."""
+        return {s: list(self.ds.qrels[s]) for s in ("dev", "test")
+                if s in self.ds.qrels and any(self.pos[q] for q in self.ds.qrels[s])}
+
+    def retrieve(self, k, de, splits):
+        """Exact search over the whole corpus with a DE for the queries of each split -> {split: (scores, rows)}."""
+        p = self.embed_passages(de)                                                        # [N, C], once
+        return {split: search.exact_topk(self.embed(de, *self.de_queries(qids)), p, min(k, len(p)))
+                for split, qids in splits.items()}
+
+    def pretrain_texts(self, max_len, pivot):
+        """(language, token ids) of every text a model may see before its task: unlabelled sentences in every
+        language, passages (pivot) and training queries."""
+        ds, texts = self.ds, []
+        for lang in sorted(ds.unlabelled):
+            texts += [(lang, t) for t in data.encode(self.tok, ds.unlabelled[lang], max_len)]
+        texts += [(pivot, t) for t in self.P_tokens]
+        texts += [(ds.lang[q], t) for q, t in zip(self.train, self.query_tokens(self.train))]
+        return [(lang, t) for lang, t in texts if t and lang in self.tag]
+
+    def score_candidates(self, de, qg, ce, qids, k, seed, log_every):
+        """C(q) = p+ and the warm DE's top k other passages for each query, scored by the DE and both teachers."""
+        cand, s = self.kd_candidates(de, qids, k, seed)                                    # [Q, 1+k] twice
+        log("kd", f"scoring {cand.numel()} (query, passage) pairs with both teachers")
+        return Candidates(
+            qids, cand, de=s,
+            qg=self.chunked(log_every, "kd", len(qids), SCORE_CHUNK,
+                            lambda s: self.qg_scores(qg, self.qg_targets(qids[s]), cand[s]).float()),
+            ce=self.chunked(log_every, "kd", len(qids), SCORE_CHUNK,
+                            lambda s: ce(*self.ce_pairs(qids[s], cand[s])).view(-1, cand.size(1)).float()))
+
+    def kd_candidates(self, de, qids, k, seed):
+        """C(q) = p+ (the query's first positive) and the DE's top k other passages: corpus rows [Q, 1+k], and the
+        DE's scores on them [Q, 1+k] (on the CPU)."""
+        q, p = self.embed(de, *self.de_queries(qids)), self.embed_passages(de)            # [Q, C], [N, C]
+        ranked = search.exact_topk(q, p, min(k + POOL_SLACK, len(p)))[1].cpu()
+        cand = torch.cat([torch.tensor([self.pos[x][0] for x in qids])[:, None],
+                          self.hard_negatives(qids, ranked, k, seed)], 1)                  # [Q, 1+k]
+        return cand, torch.einsum("qc,qmc->qm", q, p[cand.to(DEVICE)]).cpu()
+
+    def first_rate(self, c):
+        """How often each scorer of c (train.Candidates) ranks p+ first among C(q), strictly above every other
+        candidate (a scorer that ties them all, as an untrained one may, gets no credit): {scorer: {"all" | lang: rate}}."""
+        langs = [self.ds.lang[q] for q in c.qids]
+        rates = {}
+        for name in ("de", "qg", "ce"):
+            s = getattr(c, name)
+            top1 = (s[:, 0] > s[:, 1:].max(1).values).float()
+            rates[name] = {x: top1[[i for i, y in enumerate(langs) if x in ("all", y)]].mean().item()
+                           for x in ["all"] + sorted(set(langs))}
+        return rates
+
+    def lacks(self, stage):
+        """Why this data set cannot feed `stage` (one line), or None."""
+        if stage in ("de", "qg", "ce", "kd", "align", "drdecr") and not self.train:
+            return "no training queries (qrels/train.tsv)"
+        if stage == "align" and len(self.ds.languages()) < 2:
+            return "a single query language: nothing to align"
+        if stage == "drdecr" and not (self.ds.translations and all(q in self.ds.translations for q in self.train)):
+            return "no oracle translation of every training query (translations.jsonl)"
+        if stage == "eval" and not self.eval_splits():
+            return "no qrels/dev.tsv or qrels/test.tsv with a relevant passage"
+        return None
