@@ -83,9 +83,29 @@ def _lines(path):
         raise DataError(f"{path}:1: empty file")
 
 
+def lone_surrogate(value):
+    """(key, index, character) of the first string in value (a string, or lists / dicts of them; key: the dict key
+    above it, else None) that is not valid Unicode, else None. JSON's \\ud800 escape decodes to such a lone
+    surrogate, which the tokenizer and every UTF-8 writer reject."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            return None, e.start, value[e.start]
+    elif isinstance(value, list):
+        return next(filter(None, map(lone_surrogate, value)), None)
+    elif isinstance(value, dict):
+        for key, v in value.items():
+            bad = lone_surrogate(key) or lone_surrogate(v)
+            if bad:
+                return (key if bad[0] is None else bad[0]), bad[1], bad[2]
+    return None
+
+
 def read_jsonl(path, required, optional=()):
     """-> {_id: row} of a JSON-lines file; each row needs a unique `_id` and the `required` string fields, and the
-    `optional` fields, where present, must be strings. row["_line"] keeps the line number for later messages."""
+    `optional` fields, where present, must be strings. Every string of a row must be valid Unicode (no lone
+    surrogate). row["_line"] keeps the line number for later messages."""
     rows = {}
     for i, line in _lines(path):
         try:
@@ -94,6 +114,10 @@ def read_jsonl(path, required, optional=()):
             raise DataError(f"{path}:{i}: invalid JSON ({e.msg})") from None
         if not isinstance(row, dict):
             raise DataError(f"{path}:{i}: expected a JSON object")
+        bad = lone_surrogate(row) if "\\u" in line else None  # valid UTF-8 holds a surrogate only as an escape
+        if bad:
+            raise DataError(f"{path}:{i}: field {bad[0]!r} is not valid Unicode "
+                            f"(a lone surrogate {bad[2]!r} at character {bad[1]})")
         for key in ("_id", *required, *(k for k in optional if k in row)):
             if not isinstance(row.get(key), str) or (key == "_id" and not row[key]):
                 raise DataError(f"{path}:{i}: missing or non-string field {key!r}")
@@ -108,8 +132,9 @@ HEADER = ["query-id", "corpus-id", "score"]
 
 
 def read_qrels(path, qids, pids):
-    """-> {qid: {pid: score}} of a BEIR qrels tsv whose ids must exist among `qids` and `pids`."""
-    qrels, header = {}, True
+    """-> {qid: {pid: score}} of a BEIR qrels tsv whose ids must exist among `qids` and `pids`; a (qid, pid) pair
+    judged twice is an error (the second score would silently replace the first)."""
+    qrels, header, first = {}, True, {}
     for i, line in _lines(path):
         parts = line.split("\t")
         if header:
@@ -125,9 +150,13 @@ def read_qrels(path, qids, pids):
         if p not in pids:
             raise DataError(f"{path}:{i}: unknown corpus id {p!r}")
         try:
-            qrels.setdefault(q, {})[p] = int(score)
+            score = int(score)
         except ValueError:
             raise DataError(f"{path}:{i}: score {score!r} is not an integer") from None
+        if (q, p) in first:
+            raise DataError(f"{path}:{i}: ({q!r}, {p!r}) is judged twice (first at line {first[q, p]})")
+        first[q, p] = i
+        qrels.setdefault(q, {})[p] = score
     if not qrels:
         raise DataError(f"{path}:{i + 1}: no judgements after the header")
     return qrels

@@ -9,12 +9,18 @@
         --metrics recall@10,recall@100,mrr@10,ndcg@10,map,success@5,r@2kt \\
         --answers data/tiny/answers.jsonl --corpus data/tiny/corpus.jsonl [--json]
 
+    cmp = compare(qrels, run_a, run_b, ["mrr@10"], lang)  # paired: per-query differences B - A, a 95% interval, p
+    python evaluate.py --qrels data/tiny/qrels/test.tsv --compare a.trec b.trec --metrics mrr@10,recall@100 \\
+        --queries data/tiny/queries.jsonl [--n-boot 10000 --seed 0] [--json]
+
 Conventions (those of trec_eval, so the numbers equal pytrec_eval's):
 - A query's ranking is its run entries sorted by score descending, then document id descending (string order);
   the rank column of the run is ignored. Relevant means relevance > 0; documents missing from the qrels are not.
 - Queries of the qrels with no relevant document are skipped. Queries of the qrels absent from the run count as 0
   on every metric (trec_eval -c). Queries of the run absent from the qrels are ignored.
 - Every metric is a mean over the evaluated queries: overall ("all") and per language.
+- Two runs are compared on the same evaluated queries (those of the qrels), so a query that one run lacks counts
+  as 0 for that run, exactly as evaluate() counts it; `compare` says how many such queries each run has.
 
 Metrics, for one query with ranking d_1, d_2, ..., relevance rel(d), R = {d : rel(d) > 0}:
     recall@k     |R in top k| / |R|                          (trec_eval recall_k)
@@ -36,6 +42,8 @@ import math
 import os
 import re
 import sys
+
+import numpy as np
 
 
 class EvalError(ValueError):
@@ -115,9 +123,24 @@ def read_run(path):
     return run
 
 
+def lone_surrogate(value):
+    """The first string in value (a string, or lists / dicts of them) that is not valid Unicode -> (its index,
+    the character), else None. JSON's \\ud800 escape decodes to such a lone surrogate, which no UTF-8 writer or
+    tokenizer accepts."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            return e.start, value[e.start]
+    elif isinstance(value, (list, dict)):
+        return next(filter(None, map(lone_surrogate, value.values() if isinstance(value, dict) else value)), None)
+    return None
+
+
 def read_jsonl(path, field, check, what):
     """-> {_id: row[field]} of a JSON-lines file (rows without `field` left out); every row needs a string `_id`,
-    and check(row[field]) must hold where the field is present, else `path:line: field must be <what>`."""
+    and check(row[field]) must hold where the field is present, else `path:line: field must be <what>`. The `_id`
+    and the field must be valid Unicode (no lone surrogate)."""
     out = {}
     for i, line in _lines(path):
         try:
@@ -126,6 +149,11 @@ def read_jsonl(path, field, check, what):
             raise EvalError(f"{path}:{i}: invalid JSON ({e.msg})") from None
         if not isinstance(row, dict) or not isinstance(row.get("_id"), str):
             raise EvalError(f"{path}:{i}: expected a JSON object with a string '_id'")
+        for key in ("_id", field) if "\\u" in line else ():  # a valid UTF-8 line has surrogates only as escapes
+            bad = lone_surrogate(row.get(key))
+            if bad:
+                raise EvalError(f"{path}:{i}: field {key!r} is not valid Unicode "
+                                f"(a lone surrogate {bad[1]!r} at character {bad[0]})")
         if field in row:
             if not check(row[field]):
                 raise EvalError(f"{path}:{i}: field {field!r} must be {what}")
@@ -202,16 +230,29 @@ def parse_metric(name):
     return m.group(1), int(m.group(2))
 
 
-# ----------------------------------------------------------------------------- evaluation
-def evaluate(qrels, run, metrics, lang=None, answers=None, passages=None):
-    """Mean of each metric over the queries of qrels with a relevant document, overall and per language.
+def metric_list(metrics):
+    """Metric names, a list or the comma-separated string of --metrics -> the list, each name known. No name, an
+    empty name ('mrr@10,,map') or a name given twice is an EvalError naming --metrics."""
+    names = metrics.split(",") if isinstance(metrics, str) else list(metrics)
+    text = ",".join(map(str, names))
+    if not any(names):
+        raise EvalError(f"--metrics {text!r}: no metric given (expected names such as mrr@10,recall@100)")
+    for k, name in enumerate(names, 1):
+        if not name:
+            raise EvalError(f"--metrics {text!r}: empty name at position {k}")
+        if name in names[:k - 1]:
+            raise EvalError(f"--metrics {text!r}: {name!r} given twice")
+        parse_metric(name)
+    return names
 
-    qrels {qid: {docid: rel}}, run {qid: {docid: score}}, metrics: names (or one comma-separated string);
-    lang {qid: language} or None; answers {qid: [str]} and passages {docid: text} for r@Nkt.
-    -> {"all": {metric: value}, "per_lang": {lang: {metric: value}} ({} without lang), "n_queries": n}
+
+# ----------------------------------------------------------------------------- evaluation
+def per_query(qrels, run, metrics, lang=None, answers=None, passages=None):
+    """Each metric on each evaluated query (the queries of qrels with a relevant document; absent from the run: 0).
+
+    Arguments as for evaluate(). -> (qids: sorted list, {metric: [value on qids[i] for each i]})
     """
-    if isinstance(metrics, str):
-        metrics = [m for m in metrics.split(",") if m]
+    metrics = metric_list(metrics)
     parsed = {name: parse_metric(name) for name in metrics}
     if any(kind == "kt" for kind, _ in parsed.values()) and (answers is None or passages is None):
         raise EvalError("r@Nkt metrics need answers and passage texts (--answers and --corpus)")
@@ -222,17 +263,34 @@ def evaluate(qrels, run, metrics, lang=None, answers=None, passages=None):
         missing = [q for q in qids if q not in lang]
         if missing:
             raise EvalError(f"query {missing[0]!r} has no language ({len(missing)} such queries)")
-    per_query = {}
+    values = {name: [] for name in metrics}
     for q in qids:
         ranked = ranking(run.get(q, {}))
-        per_query[q] = {name: answer_recall(ranked, answers.get(q, []), passages, k) if kind == "kt"
-                        else CUT[kind](ranked, qrels[q], k) for name, (kind, k) in parsed.items()}
+        for name, (kind, k) in parsed.items():
+            values[name].append(answer_recall(ranked, answers.get(q, []), passages, k) if kind == "kt"
+                                else CUT[kind](ranked, qrels[q], k))
+    return qids, values
 
-    def mean(group):
-        return {name: sum(per_query[q][name] for q in group) / len(group) for name in metrics}
 
+def lang_groups(qids, lang):
+    """{language: positions in qids of its queries}, languages sorted; {} without lang."""
     langs = sorted({lang[q] for q in qids}) if lang is not None else []
-    return {"all": mean(qids), "per_lang": {l: mean([q for q in qids if lang[q] == l]) for l in langs},
+    return {l: [i for i, q in enumerate(qids) if lang[q] == l] for l in langs}
+
+
+def evaluate(qrels, run, metrics, lang=None, answers=None, passages=None):
+    """Mean of each metric over the queries of qrels with a relevant document, overall and per language.
+
+    qrels {qid: {docid: rel}}, run {qid: {docid: score}}, metrics: names (or one comma-separated string);
+    lang {qid: language} or None; answers {qid: [str]} and passages {docid: text} for r@Nkt.
+    -> {"all": {metric: value}, "per_lang": {lang: {metric: value}} ({} without lang), "n_queries": n}
+    """
+    qids, values = per_query(qrels, run, metrics, lang, answers, passages)
+
+    def mean(rows):
+        return {name: sum(v[i] for i in rows) / len(rows) for name, v in values.items()}
+
+    return {"all": mean(range(len(qids))), "per_lang": {l: mean(rows) for l, rows in lang_groups(qids, lang).items()},
             "n_queries": len(qids)}
 
 
@@ -247,22 +305,137 @@ def format_table(result, metrics):
     return "\n".join(lines)
 
 
+# ----------------------------------------------------------------------------- paired comparison
+def blocks(rows, width, cells=1 << 20):
+    """(start, stop) ranges covering range(rows), each at most `cells` / width rows: bounded memory at any Q."""
+    step = max(1, cells // max(width, 1))
+    return [(r, min(r + step, rows)) for r in range(0, rows, step)]
+
+
+def paired_test(d, n_boot=10000, seed=0):
+    """Per-query differences d (Q,) -> (lo, hi, p): a 95% interval for their mean and a two-sided p-value.
+
+    Interval: the paired bootstrap percentile interval. Resample b draws Q query positions with replacement, row b
+    of rng.integers(0, Q, (n_boot, Q)) with rng = numpy.random.default_rng(seed) (drawn in blocks of rows, which
+    gives the same numbers); lo and hi are the 2.5th and 97.5th percentiles (numpy's linear interpolation) of the
+    n_boot resampled means.
+    p: the paired randomization (sign-flip) test of "on each query, A's and B's values are exchangeable" (Fisher's
+    randomization test, recommended for IR by Smucker, Allan and Carterette, CIKM 2007). Under it each d_i is as
+    likely as -d_i, so p is the share of the 2^m sign assignments to the m non-zero d_i whose |sum| is at least
+    the observed |sum|: computed exactly when 2^m <= n_boot, else estimated from n_boot random assignments (drawn
+    from the same rng after the resamples) as (1 + hits) / (1 + n_boot), which is never 0.
+    Why not the bootstrap's own p-value: with few queries it is far too small (one query with d != 0 would get
+    p = 0, since every resample has the same mean), while the randomization test is exact at any Q: identical
+    runs give p = 1; a single query gives p = 1 (its two assignments are equally extreme) and an interval
+    collapsed to [d_1, d_1]; m non-zero differences can never give p below 2^(1 - m) (below 6 of them, never
+    under 0.05), which is the honest answer for a small language.
+    """
+    d = np.asarray(d, dtype=np.float64)                                        # (Q,)
+    n = len(d)
+    if n == 0:
+        raise EvalError("paired_test needs at least one query")
+    if not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
+        raise EvalError(f"n_boot must be a positive integer, got {n_boot!r}")
+    if not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise EvalError(f"seed must be a non-negative integer, got {seed!r}")
+    rng = np.random.default_rng(seed)
+    means = np.empty(n_boot)                                                   # (n_boot,)
+    for r0, r1 in blocks(n_boot, n):
+        means[r0:r1] = d[rng.integers(0, n, (r1 - r0, n))].mean(1)             # (rows, Q) -> (rows,)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    nz = d[d != 0]                                                             # (m,) a zero difference flips to itself
+    m = len(nz)
+    observed = abs(nz.sum()) - 1e-9 * np.abs(nz).sum()                        # tolerance: sums in another order
+    if m == 0:
+        p = 1.0
+    elif 2 ** m <= n_boot:                                                     # every assignment: row r's bits
+        hits = 0
+        for r0, r1 in blocks(2 ** m, m):
+            signs = 1 - 2 * ((np.arange(r0, r1)[:, None] >> np.arange(m)) & 1)  # (rows, m) of +-1
+            hits += int((np.abs(signs @ nz) >= observed).sum())
+        p = hits / 2 ** m
+    else:
+        hits = 0
+        for r0, r1 in blocks(n_boot, m):
+            signs = 1 - 2 * rng.integers(0, 2, (r1 - r0, m))                   # (rows, m) of +-1
+            hits += int((np.abs(signs @ nz) >= observed).sum())
+        p = (1 + hits) / (1 + n_boot)
+    return float(lo), float(hi), float(p)
+
+
+def compare(qrels, run_a, run_b, metrics, lang=None, answers=None, passages=None, n_boot=10000, seed=0):
+    """Paired comparison of run B with run A on the evaluated queries of qrels, overall and per language.
+
+    Arguments as for evaluate(), plus paired_test's n_boot and seed (each metric and group starts from the seed,
+    so a row does not depend on which other metrics or languages were asked for). For a metric and a group of n
+    queries with values a_i, b_i: mean_a and mean_b (evaluate()'s numbers), diff = mean_b - mean_a (B - A), ci: the
+    95% interval of the mean of d_i = b_i - a_i, p: paired_test's two-sided p-value.
+    -> {"diff": "B - A", "n_boot", "seed", "n_queries", "missing": {"a": k, "b": k} (evaluated queries a run has
+        no result for: they count 0), "all": {metric: {"n", "mean_a", "mean_b", "diff", "ci": [lo, hi], "p"}},
+        "per_lang": {lang: {metric: {...}}}}
+    """
+    qids, values_a = per_query(qrels, run_a, metrics, lang, answers, passages)
+    _, values_b = per_query(qrels, run_b, metrics, lang, answers, passages)
+
+    def row(name, rows):
+        a, b = [values_a[name][i] for i in rows], [values_b[name][i] for i in rows]
+        mean_a, mean_b = sum(a) / len(a), sum(b) / len(b)
+        lo, hi, p = paired_test([y - x for x, y in zip(a, b)], n_boot, seed)
+        return {"n": len(rows), "mean_a": mean_a, "mean_b": mean_b, "diff": mean_b - mean_a, "ci": [lo, hi], "p": p}
+
+    def table(rows):
+        return {name: row(name, rows) for name in values_a}
+
+    return {"diff": "B - A", "n_boot": n_boot, "seed": seed, "n_queries": len(qids),
+            "missing": {"a": sum(q not in run_a for q in qids), "b": sum(q not in run_b for q in qids)},
+            "all": table(range(len(qids))), "per_lang": {l: table(rows) for l, rows in lang_groups(qids, lang).items()}}
+
+
+def format_comparison(result, metrics, name_a="A", name_b="B"):
+    """compare()'s result as text: a header saying what A, B, diff, the interval and p are, then one row per metric
+    and group (all, then each language), then a note for each run that lacks some evaluated queries."""
+    head = (f"A = {name_a}, B = {name_b}; diff = mean B - mean A on the same queries; 95% CI: paired bootstrap "
+            f"percentile ({result['n_boot']} resamples, seed {result['seed']}); p: two-sided paired randomization test")
+    rows = [("metric", "group", "n", "mean A", "mean B", "diff", "95% CI", "p")]
+    for m in metrics:
+        for group, r in [("all", result["all"][m])] + [(l, v[m]) for l, v in result["per_lang"].items()]:
+            rows.append((m, group, str(r["n"]), f"{r['mean_a']:.4f}", f"{r['mean_b']:.4f}", f"{r['diff']:+.4f}",
+                         f"[{r['ci'][0]:+.4f}, {r['ci'][1]:+.4f}]", f"{r['p']:.4f}"))
+    widths = [max(len(r[j]) for r in rows) for j in range(len(rows[0]))]
+    lines = [head] + ["  ".join(c.ljust(w) if j < 2 else c.rjust(w) for j, (c, w) in enumerate(zip(r, widths)))
+                      for r in rows]
+    for key, name in (("a", name_a), ("b", name_b)):
+        if result["missing"][key]:
+            lines.append(f"note: {name} has no results for {result['missing'][key]} of the {result['n_queries']} "
+                         f"evaluated queries; they count as 0")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--qrels", required=True, help="BEIR qrels tsv or TREC qrels")
-    ap.add_argument("--run", required=True, help="TREC run")
+    which = ap.add_mutually_exclusive_group(required=True)
+    which.add_argument("--run", help="TREC run: a table of means")
+    which.add_argument("--compare", nargs=2, metavar=("RUN_A", "RUN_B"),
+                       help="two TREC runs: paired differences B - A per metric, a 95%% interval and a p-value")
     ap.add_argument("--metrics", default="recall@10,recall@100,mrr@10,ndcg@10,map,success@5",
                     help="comma-separated metric names")
     ap.add_argument("--queries", help="BEIR queries.jsonl with 'lang': adds one row per language")
     ap.add_argument("--answers", help="answers.jsonl ({'_id', 'answers': [str]}), for r@2kt / r@5kt")
     ap.add_argument("--corpus", help="corpus.jsonl ({'_id', 'title', 'text'}), for r@2kt / r@5kt")
+    ap.add_argument("--n-boot", type=int, default=10000, help="--compare: bootstrap resamples (and random sign "
+                    "assignments when the exact randomization test would need more)")
+    ap.add_argument("--seed", type=int, default=0, help="--compare: seed of the resamples")
     ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = ap.parse_args(argv)
     try:
-        metrics = [m for m in args.metrics.split(",") if m]
-        for m in metrics:
-            parse_metric(m)
-        qrels, run = read_qrels(args.qrels), read_run(args.run)
+        metrics = metric_list(args.metrics)
+        if args.n_boot < 1:
+            raise EvalError(f"--n-boot must be at least 1, got {args.n_boot}")
+        if args.seed < 0:
+            raise EvalError(f"--seed must be non-negative, got {args.seed}")
+        qrels = read_qrels(args.qrels)
+        runs = [read_run(path) for path in (args.compare or [args.run])]
         is_str = lambda x: isinstance(x, str)                                    # noqa: E731
         lang = read_jsonl(args.queries, "lang", is_str, "a string") if args.queries else None
         answers = passages = None
@@ -274,11 +447,16 @@ def main(argv=None):
             titles = read_jsonl(args.corpus, "title", is_str, "a string")
             texts = read_jsonl(args.corpus, "text", is_str, "a string")
             passages = {d: f"{titles.get(d, '')} {t}".strip() for d, t in texts.items()}
-        result = evaluate(qrels, run, metrics, lang, answers, passages)
+        if args.compare:
+            result = compare(qrels, *runs, metrics, lang, answers, passages, args.n_boot, args.seed)
+            text = format_comparison(result, metrics, *args.compare)
+        else:
+            result = evaluate(qrels, runs[0], metrics, lang, answers, passages)
+            text = format_table(result, metrics)
     except EvalError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(json.dumps(result, indent=1) if args.json else format_table(result, metrics))
+    print(json.dumps(result, indent=1) if args.json else text)
     return 0
 
 

@@ -67,6 +67,17 @@ BAD = [  # (file to break, its text, expected message after the path)
     ("qrels", "q1\td1\t1\n", "qrels/test.tsv:1: expected the header"),
     ("qrels", "query-id\tcorpus-id\tscore\n", "qrels/test.tsv:2: no judgements after the header"),
     ("qrels", "", "qrels/test.tsv:1: empty file"),
+    ("qrels", "query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\td2\t1\nq1\td1\t0\n",
+     "qrels/test.tsv:4: ('q1', 'd1') is judged twice (first at line 2)"),
+    # JSON's \ud800 escape is valid JSON but not valid Unicode: the tokenizer would crash on it during training
+    ("corpus", '{"_id": "d1", "text": "a"}\n{"_id": "d2", "text": "b\\ud800c"}\n',
+     "corpus.jsonl:2: field 'text' is not valid Unicode (a lone surrogate '\\ud800' at character 1)"),
+    ("corpus", '{"_id": "d1", "title": "\\udc00", "text": "a"}\n{"_id": "d2", "text": "b"}\n',
+     "corpus.jsonl:1: field 'title' is not valid Unicode (a lone surrogate '\\udc00' at character 0)"),
+    ("queries", '{"_id": "q1", "text": "a", "lang": "xx"}\n{"_id": "q2", "text": "x\\ud83d", "lang": "yy"}\n',
+     "queries.jsonl:2: field 'text' is not valid Unicode (a lone surrogate '\\ud83d' at character 1)"),
+    ("queries", '{"_id": "q1", "text": "a", "lang": "xx"}\n{"_id": "q\\udfff", "text": "b", "lang": "yy"}\n',
+     "queries.jsonl:2: field '_id' is not valid Unicode (a lone surrogate '\\udfff' at character 1)"),
 ]
 
 
@@ -268,3 +279,40 @@ def test_query_judged_in_two_splits(tmp_path):
     with pytest.raises(data.DataError) as e:
         data.load(root)
     assert str(e.value) == os.path.join(root, "qrels", "test.tsv") + ":2: query 'q1' is also judged in train.tsv"
+
+
+def test_lone_surrogates_in_optional_files(tmp_path):
+    """answers, translations and unlabelled text are read as text too; a surrogate pair escape is valid."""
+    root = write_set(tmp_path, queries='{"_id": "q1", "text": "\\ud83d\\ude00 alpha?", "lang": "xx"}\n'
+                                       '{"_id": "q2", "text": "gamma?", "lang": "yy"}\n')
+    assert data.load(root).queries["q1"] == "\U0001F600 alpha?"
+    cases = [("answers.jsonl", '{"_id": "q1", "answers": ["ok", "b\\ud800"]}\n',
+              "answers.jsonl:1: field 'answers' is not valid Unicode (a lone surrogate '\\ud800' at character 1)"),
+             ("translations.jsonl", '{"_id": "q1", "text": "a"}\n{"_id": "q2", "text": "\\udbff"}\n',
+              "translations.jsonl:2: field 'text' is not valid Unicode (a lone surrogate '\\udbff' at character 0)")]
+    for name, text, message in cases:
+        with open(os.path.join(root, name), "w", encoding="utf-8") as f:
+            f.write(text)
+        with pytest.raises(data.DataError) as e:
+            data.load(root)
+        assert str(e.value) == os.path.join(root, message)
+        os.remove(os.path.join(root, name))
+    os.makedirs(os.path.join(root, "unlabelled"))
+    with open(os.path.join(root, "unlabelled", "xx.txt"), "wb") as f:  # a surrogate encoded as bytes: not UTF-8
+        f.write("ok\n".encode() + b"a \xed\xa0\x80 b\n")
+    with pytest.raises(data.DataError) as e:
+        data.load(root)
+    assert str(e.value).startswith(os.path.join(root, "unlabelled", "xx.txt:2: not valid UTF-8"))
+
+
+def test_check_cli_rejects_lone_surrogate_and_repeated_judgement(tmp_path):
+    root = write_set(tmp_path, queries='{"_id": "q1", "text": "\\ud800", "lang": "xx"}\n'
+                                       '{"_id": "q2", "text": "gamma?", "lang": "yy"}\n')
+    r = subprocess.run([sys.executable, "data.py", "check", root], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 1 and r.stdout == ""
+    assert r.stderr.splitlines() == [f"error: {root}/queries.jsonl:1: field 'text' is not valid Unicode "
+                                     f"(a lone surrogate '\\ud800' at character 0)"]
+    root = write_set(tmp_path / "b", qrels="query-id\tcorpus-id\tscore\nq1\td1\t1\nq1\td1\t2\n")
+    r = subprocess.run([sys.executable, "data.py", "check", root], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 1 and r.stdout == ""
+    assert r.stderr.splitlines() == [f"error: {root}/qrels/test.tsv:3: ('q1', 'd1') is judged twice (first at line 2)"]
