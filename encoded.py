@@ -34,7 +34,7 @@ def batch_rows(ids, mask, index):
 
 
 def pad_on_device(seqs):
-    return tuple(t.to(DEVICE) for t in pad_batch(seqs))
+    return tuple(v.to(DEVICE) for v in pad_batch(seqs))
 
 
 @dataclass
@@ -61,8 +61,8 @@ class EncodedData:
         self.Q_ids, self.Q_mask = pad_batch([[data.Q] + q for q in self.Q_tokens])       # [Q, Tq]
         langs = [*ds.languages(), pivot, *ds.unlabelled]
         self.tag = {lang: tok.token_to_id(data.lang_tag(lang)) for lang in langs}          # language -> <2l> id
-        self.T_ids, self.T_mask = pad_batch([[self.tag.get(ds.lang.get(q), data.UNK)] + t + [data.EOS]
-                                             for q, t in zip(self.qids, self.Q_tokens)])  # [Q, Tq]
+        self.T_ids, self.T_mask = pad_batch([[self.tag.get(ds.lang.get(q), data.UNK)] + toks + [data.EOS]
+                                             for q, toks in zip(self.qids, self.Q_tokens)])  # [Q, Tq]
         row = {p: i for i, p in enumerate(ds.pids)}
         self.pos = {q: [row[p] for p, s in rel.items() if s > 0] for split in ds.qrels.values() for q, rel in split.items()}
         self.train = [q for q in ds.qrels.get("train", {}) if self.pos[q]]                # queries with a positive
@@ -182,10 +182,10 @@ class EncodedData:
         language, passages (pivot) and training queries."""
         ds, texts = self.ds, []
         for lang in sorted(ds.unlabelled):
-            texts += [(lang, t) for t in data.encode(self.tok, ds.unlabelled[lang], max_len)]
-        texts += [(pivot, t) for t in self.P_tokens]
-        texts += [(ds.lang[q], t) for q, t in zip(self.train, self.query_tokens(self.train))]
-        return [(lang, t) for lang, t in texts if t and lang in self.tag]
+            texts += [(lang, toks) for toks in data.encode(self.tok, ds.unlabelled[lang], max_len)]
+        texts += [(pivot, toks) for toks in self.P_tokens]
+        texts += [(ds.lang[q], toks) for q, toks in zip(self.train, self.query_tokens(self.train))]
+        return [(lang, toks) for lang, toks in texts if toks and lang in self.tag]
 
     def score_candidates(self, de, qg, ce, qids, k, seed, log_every):
         """C(q) = p+ and the warm DE's top k other passages for each query, scored by the DE and both teachers."""

@@ -1,15 +1,15 @@
 """Every training objective of xqg as a pure function of tensors (METHOD.md sections 1-6): no models, no data.
 
     contrastive_loss   dual-encoder, in-batch + hard negatives (DPR)                      METHOD.md 1
-    generation_nll     query-generator teacher forcing, token-mean NLL                     METHOD.md 2
     rank_loss          listwise softmax CE, positive at column 0 (cross-encoder, QG rank)  METHOD.md 2, 3
-    qg_rank_loss       rank_loss over QG log-likelihoods + lambda_gen * NLL                METHOD.md 2
+    qg_rank_loss       rank_loss over QG log-likelihoods + lambda_gen * L_gen              METHOD.md 2
     kd_loss            KL(P_T || P_S) over each query's candidates                         METHOD.md 4, 6a
     align_dist_loss    KL(stopgrad P_S(.|q) || P_S(.|q')), the `dist` alignment           METHOD.md 5
     align_emb_loss     in-batch contrastive between e(q') and e(q), the `emb` alignment    METHOD.md 5
     token_kd_loss      DR.DECR token-level representation KD (greedy cosine alignment)     METHOD.md 6b
     matched_temperature  the teacher temperature whose softmax is as sharp as the student's   METHOD.md 4 (ours)
-(The `kd` alignment variant is kd_loss with teacher scores of the generated query.)
+(The `kd` alignment variant is kd_loss with teacher scores of the generated query. L_gen and r(q, p) are the
+query generator's own: teacher.QueryGenerator.loss and .score, one definition, METHOD.md 2.)
 
 Conventions, shared by every function:
 - Shapes: B batch, M candidates per row, T tokens, V vocabulary, C channels, Q queries, k/K candidates per query.
@@ -69,33 +69,6 @@ def contrastive_loss(scores, pos, mask=None, tau=1.0):
     return loss, acc
 
 
-def token_logprobs(logits, targets):
-    """log P(targets[b, t] | ...) per token: logits [B, T, V], targets [B, T] long -> [B, T] (pads included)."""
-    nll = F.cross_entropy(_float(logits).flatten(0, 1), targets.flatten(), reduction="none")  # [B*T]
-    return -nll.view(targets.shape)
-
-
-def generation_nll(logits, targets, mask):
-    """QG teacher-forcing loss, METHOD.md 2: L_gen = -(1/n) * sum over valid tokens of log P(q_t | q_<t, p, l).
-
-    logits [B, T, V] predicting targets [B, T] (long); mask [B, T] bool, True = a real (non-pad) target token.
-    Reduction: the mean over all n valid tokens of the batch (the usual token mean; it weights long queries more
-    than a mean of per-query means, and equals METHOD.md's -1/|q| sum for equal lengths).
-    """
-    _check_mask(mask, targets.shape, "token")
-    logp = token_logprobs(logits, targets).masked_fill(~mask, 0)  # [B, T]
-    return -logp.sum() / mask.sum()
-
-
-def sequence_loglik(logp_tokens, mask):
-    """QG relevance score r(q, p) = 1/|q| * sum_t log P(q_t | q_<t, p, l) (UPR-style), METHOD.md 2.
-
-    logp_tokens [B, T] (e.g. token_logprobs), mask [B, T] bool -> [B], each row's mean over its valid tokens.
-    """
-    _check_mask(mask, logp_tokens.shape, "token")
-    return logp_tokens.masked_fill(~mask, 0).sum(-1) / mask.sum(-1)
-
-
 def rank_loss(scores, mask=None, tau=1.0):
     """Listwise softmax cross-entropy with the positive at column 0: localized contrastive estimation (Gao et al.,
     2021), the cross-encoder and QG ranking losses of METHOD.md 2-3:
@@ -113,9 +86,8 @@ def rank_loss(scores, mask=None, tau=1.0):
 def qg_rank_loss(r, nll, mask=None, tau_r=1.0, lambda_gen=1.0):
     """QG ranking fine-tune, METHOD.md 2: L_qgrank = rank_loss(r / tau_r) + lambda_gen * L_gen.
 
-    r [Q, k]: r(q, p_j) mean token log-likelihoods (sequence_loglik), positive at column 0; nll: scalar L_gen of
-    the positives, METHOD's -1/Q sum_q r(q, p+) (= -r[:, 0].mean(), as train.py passes it; generation_nll is the
-    token-mean variant). lambda_gen > 0 keeps the generator able to write queries. Scalar.
+    r [Q, k]: r(q, p_j) mean token log-likelihoods (QueryGenerator.score), positive at column 0; nll: scalar L_gen
+    of the positives, -1/Q sum_q r(q, p+) (= -r[:, 0].mean(), as train.py passes it). lambda_gen > 0 keeps the generator able to write queries. Scalar.
     """
     return rank_loss(r, mask, tau_r) + lambda_gen * nll
 

@@ -41,6 +41,13 @@ def sample(logits, temperature=0.0, top_k=0, generator=None):
     return torch.multinomial(probs, 1, generator=generator).squeeze(1).to(logits.device)
 
 
+def mean_loglik(lp, tgt_mask):
+    """r(q, p) = 1/|q| sum_t log P(q_t | q_<t, p, l), METHOD.md 2, the one definition behind both L_gen and the
+    relevance score: lp [B, T-1] token log-probabilities (0 at padding), tgt_mask [B, T] of <2l> q [EOS] -> [B].
+    |q| counts the query's tokens and [EOS], not the tag."""
+    return lp.sum(1) / tgt_mask[:, 1:].sum(1).clamp(min=1)
+
+
 class QueryGenerator(nn.Module):
     """Encoder-decoder that writes (and scores) queries for passages, in the language named by the first token."""
 
@@ -103,7 +110,7 @@ class QueryGenerator(nn.Module):
     def loss(self, p_ids, p_mask, tgt, tgt_mask):
         """L_gen: minus the mean token log-likelihood of each target, averaged over the batch (= -mean r(q, p+))."""
         lp = self.token_logprobs(self.encode(p_ids, p_mask), p_mask, tgt, tgt_mask)  # [B, T-1]
-        return -(lp.sum(1) / tgt_mask[:, 1:].sum(1).clamp(min=1)).mean()
+        return -mean_loglik(lp, tgt_mask).mean()
 
     def score(self, p_ids, p_mask, tgt, tgt_mask, cand, chunk=None):
         """r(q, p) for candidate lists: p [N, Tp] unique passages, tgt [Q, T] queries, cand [Q, k] indices into
@@ -116,7 +123,6 @@ class QueryGenerator(nn.Module):
         kv = [block.cross.keys_values(memory) for block in self.dec_blocks]  # per block 2 x [N, H, Tp, C/H]
         rows = cand.reshape(-1)  # [Q*k] passage of each pair
         qrows = torch.arange(Q, device=cand.device).repeat_interleave(k)  # [Q*k] query of each pair
-        n = tgt_mask[:, 1:].sum(1).clamp(min=1)  # [Q] tokens scored per query (EOS included, tag excluded)
         budget = 1 << 28 if p_ids.is_cuda else 1 << 22  # logits per decoder pass
         out, step = [], chunk or max(1, budget // (tgt.size(1) * self.cfg.vocab_size))
         for s in range(0, len(rows), step):
@@ -125,7 +131,7 @@ class QueryGenerator(nn.Module):
             for c, (key, value) in zip(cache["blocks"], kv):
                 c["cross"].update(k=key[r], v=value[r])  # [b, H, Tp, C/H] gathered, not recomputed
             lp = self.token_logprobs(None, p_mask[r], tgt[qr], tgt_mask[qr], cache)  # [b, T-1]
-            out.append(lp.sum(1) / n[qr])
+            out.append(mean_loglik(lp, tgt_mask[qr]))
         return torch.cat(out).view(Q, k)
 
     @torch.no_grad()

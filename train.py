@@ -171,9 +171,9 @@ def stage_pretrain(cfg, d, out):
         enc = out.new_model(Encoder, model_config(cfg, d), cfg.seed)
 
         def step(gen):  # predict the picked tokens of [CLS] text from the corrupted input
-            ids, mask = pad_batch([[data.CLS] + t for _, t in draw(gen, texts, cfg.batch)])
+            ids, mask = pad_batch([[data.CLS] + toks for _, toks in draw(gen, texts, cfg.batch)])
             x, picked = data.mlm_mask(ids, mask, cfg.mlm_prob, enc.cfg.vocab_size, gen)
-            ids, x, mask, picked = (t.to(DEVICE) for t in (ids, x, mask, picked))
+            ids, x, mask, picked = (v.to(DEVICE) for v in (ids, x, mask, picked))
             h = enc(x, mask)[picked]                                                   # [n, C]
             return F.cross_entropy(enc.mlm_logits(h).float(), ids[picked]), {}
         fit(cfg, out, "pretrain", enc, cfg.mlm_steps, step, "pretrain.pt")
@@ -182,8 +182,8 @@ def stage_pretrain(cfg, d, out):
 
         def step(gen):  # input [P] + corrupted text, target <2l> [MASK] span [MASK] span ... [EOS]
             batch = draw(gen, texts, cfg.batch)
-            src, tgt = zip(*(data.span_corrupt(t, cfg.noise, gen) for _, t in batch))
-            tgt = [[d.tag[lang]] + t + [data.EOS] for (lang, _), t in zip(batch, tgt)]
+            src, tgt = zip(*(data.span_corrupt(toks, cfg.noise, gen) for _, toks in batch))
+            tgt = [[d.tag[lang]] + spans + [data.EOS] for (lang, _), spans in zip(batch, tgt)]
             return qg.loss(*pad_on_device([[data.P] + s for s in src]), *pad_on_device(tgt)), {}
         fit(cfg, out, "denoise", qg, cfg.denoise_steps, step, "qg_pretrain.pt")
 
@@ -381,10 +381,10 @@ def write_queries(cfg, d, out, c):
         ids, mask = qg.generate(*d.passages(pos[s]), tags[s].to(DEVICE), n, data.EOS, cfg.gen_temperature, 0, g)
         return F.pad(ids.masked_fill(~mask, data.PAD), (0, n - ids.size(1)))
     written = d.chunked(cfg.log_every, "align", len(c.qids), GEN_CHUNK, write)                            # [Q, n]
-    tokens = [[t for t in row if t != data.PAD] for row in written.tolist()]
+    tokens = [[tok for tok in row if tok != data.PAD] for row in written.tolist()]
     out.save("generated.pt", {"qids": c.qids, "lang": target, "tokens": tokens})
     for x in langs:  # a few examples per language, for the reader of the log
-        for i in [i for i, t in enumerate(target) if t == x][:2]:
+        for i in [i for i, y in enumerate(target) if y == x][:2]:
             log("align", f"{x}: {d.tok.decode(tokens[i])!r} <- {ds.queries[c.qids[i]]!r} ({ds.lang[c.qids[i]]})")
 
 
@@ -396,11 +396,11 @@ def stage_align(cfg, d, out):
     if not out.exists("generated.pt"):
         write_queries(cfg, d, out, c)
     written = out.load("generated.pt")
-    g_ids, g_mask = pad_batch([[data.Q] + t for t in written["tokens"]])                      # [Q, Tq]
+    g_ids, g_mask = pad_batch([[data.Q] + toks for toks in written["tokens"]])                      # [Q, Tq]
     g_scores = g_tau = None
     if cfg.align == "kd":  # the teacher's scores of the written queries over C(q), once
         qg = out.load_model(QueryGenerator, "qg.pt")
-        tgt = pad_batch([[d.tag[x]] + t + [data.EOS] for x, t in zip(written["lang"], written["tokens"])])
+        tgt = pad_batch([[d.tag[x]] + toks + [data.EOS] for x, toks in zip(written["lang"], written["tokens"])])
         g_scores = d.chunked(cfg.log_every, "align", len(c.qids), SCORE_CHUNK,
                              lambda s: d.qg_scores(qg, batch_rows(*tgt, s), c.cand[s]).float())
         g_tau = teacher_tau(cfg, c.qg, c)
@@ -412,7 +412,7 @@ def stage_drdecr(cfg, d, out):
     the warm DE by relevance KD over C(q) and token-level representation KD."""
     c = Candidates(**out.load("kd_cache.pt"))
     trans = data.encode(d.tok, [d.ds.translations[q] for q in c.qids], cfg.max_len_q - 1)
-    t_ids, t_mask = pad_batch([[data.Q] + t for t in trans])                                 # [Q, Tq]
+    t_ids, t_mask = pad_batch([[data.Q] + toks for toks in trans])                                 # [Q, Tq]
     if out.todo("drdecr", "de_pivot.pt"):
         pool = d.hard_negatives(c.qids, d.bm25_ranking(trans, cfg.pool + POOL_SLACK), cfg.pool, cfg.seed)
         train_de(cfg, d, out, "de_pivot", "pretrain.pt", t_ids, t_mask, c.qids, pool)

@@ -76,6 +76,8 @@ def test_token_logprobs_by_hand_and_padding_invariance():
     assert (lp2[:, lp.size(1) :] == 0).all()
     loss = qg.loss(p, pm, t, tm)  # L_gen = -mean over targets of the mean token log-likelihood
     torch.testing.assert_close(loss, -(lp.sum(1) / tm[:, 1:].sum(1)).mean())
+    with torch.no_grad():  # one definition: L_gen = -mean r(q, p+), r as score computes it
+        torch.testing.assert_close(loss, -qg.score(p, pm, t, tm, torch.arange(4)[:, None]).mean())
 
 
 def test_cached_decode_equals_full_decode():
