@@ -187,41 +187,54 @@ class EncodedData:
         texts += [(ds.lang[q], toks) for q, toks in zip(self.train, self.query_tokens(self.train))]
         return [(lang, toks) for lang, toks in texts if toks and lang in self.tag]
 
-    def score_candidates(self, de, qg, ce, qids, k, seed, log_every):
-        """C(q) = p+ and the warm DE's top k other passages for each query, scored by the DE and both teachers."""
-        cand, s = self.kd_candidates(de, qids, k, seed)                                    # [Q, 1+k] twice
-        log("kd", f"scoring {cand.numel()} (query, passage) pairs with both teachers")
+    def score_candidates(self, de, qg, ce, qids, k, seed, log_every, readers=None):
+        """C(q) = p+ and the warm DE's top k other passages for each query of qids, scored by the DE and both teachers
+        reading the query readers[i] (default: the query itself; another query of its language for the query-blind
+        check, `others_of_same_language`)."""
+        readers = readers or qids
+        cand = self.kd_candidates(de, qids, k, seed)                                        # [Q, 1+k]
+        q, p = self.embed(de, *self.de_queries(readers)), self.embed_passages(de)         # [Q, C], [N, C]
+        log("teach", f"scoring {cand.numel()} (query, passage) pairs with both teachers")
         return Candidates(
-            qids, cand, de=s,
-            qg=self.chunked(log_every, "kd", len(qids), SCORE_CHUNK,
-                            lambda s: self.qg_scores(qg, self.qg_targets(qids[s]), cand[s]).float()),
-            ce=self.chunked(log_every, "kd", len(qids), SCORE_CHUNK,
-                            lambda s: ce(*self.ce_pairs(qids[s], cand[s])).view(-1, cand.size(1)).float()))
+            qids, cand, de=torch.einsum("qc,qmc->qm", q, p[cand.to(DEVICE)]).cpu(),
+            qg=self.chunked(log_every, "teach", len(qids), SCORE_CHUNK,
+                            lambda s: self.qg_scores(qg, self.qg_targets(readers[s]), cand[s]).float()),
+            ce=self.chunked(log_every, "teach", len(qids), SCORE_CHUNK,
+                            lambda s: ce(*self.ce_pairs(readers[s], cand[s])).view(-1, cand.size(1)).float()))
 
     def kd_candidates(self, de, qids, k, seed):
-        """C(q) = p+ (the query's first positive) and the DE's top k other passages: corpus rows [Q, 1+k], and the
-        DE's scores on them [Q, 1+k] (on the CPU)."""
+        """C(q) = p+ (the query's first positive) and the DE's top k other passages: corpus rows [Q, 1+k]."""
         q, p = self.embed(de, *self.de_queries(qids)), self.embed_passages(de)            # [Q, C], [N, C]
         ranked = search.exact_topk(q, p, min(k + POOL_SLACK, len(p)))[1].cpu()
-        cand = torch.cat([torch.tensor([self.pos[x][0] for x in qids])[:, None],
+        return torch.cat([torch.tensor([self.pos[x][0] for x in qids])[:, None],
                           self.hard_negatives(qids, ranked, k, seed)], 1)                  # [Q, 1+k]
-        return cand, torch.einsum("qc,qmc->qm", q, p[cand.to(DEVICE)]).cpu()
 
-    def first_rate(self, c):
-        """How often each scorer of c (train.Candidates) ranks p+ first among C(q), strictly above every other
-        candidate (a scorer that ties them all, as an untrained one may, gets no credit): {scorer: {"all" | lang: rate}}."""
-        langs = [self.ds.lang[q] for q in c.qids]
+    def others_of_same_language(self, qids, seed):
+        """For each query another query of the same language (a seeded shuffle of each language's queries, each
+        reading its successor's text); a language with a single query keeps it (then the check says nothing)."""
+        rng, other = random.Random(seed), {}
+        for lang in sorted({self.ds.lang.get(q) for q in qids}, key=str):
+            group = [q for q in qids if self.ds.lang.get(q) == lang]
+            rng.shuffle(group)
+            other.update(zip(group, group[1:] + group[:1]))
+        return [other[q] for q in qids]
+
+    def top_rate(self, c, k=1):
+        """How often each scorer of c (Candidates) ranks p+ among the first k of C(q), strictly: fewer than k other
+        candidates score as high or higher (a scorer that ties them all, as an untrained one may, gets no credit)
+        -> {scorer: {"all" | lang: rate}}."""
+        langs = [self.ds.lang.get(q) for q in c.qids]
         rates = {}
         for name in ("de", "qg", "ce"):
             s = getattr(c, name)
-            top1 = (s[:, 0] > s[:, 1:].max(1).values).float()
-            rates[name] = {x: top1[[i for i, y in enumerate(langs) if x in ("all", y)]].mean().item()
-                           for x in ["all"] + sorted(set(langs))}
+            hit = ((s[:, 1:] >= s[:, :1]).sum(1) < k).float()                              # [Q]
+            rates[name] = {x: hit[[i for i, y in enumerate(langs) if x in ("all", y)]].mean().item()
+                           for x in ["all"] + sorted(set(langs), key=str)}
         return rates
 
     def lacks(self, stage):
         """Why this data set cannot feed `stage` (one line), or None."""
-        if stage in ("de", "qg", "ce", "kd", "align", "drdecr") and not self.train:
+        if stage in ("de", "qg", "ce", "teach", "kd", "align", "drdecr") and not self.train:
             return "no training queries (qrels/train.tsv)"
         if stage == "align" and len(self.ds.languages()) < 2:
             return "a single query language: nothing to align"

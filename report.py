@@ -13,7 +13,7 @@ from encoded import EncodedData
 from model import DualEncoder
 from outdir import OutDir, Stop, log
 
-SYSTEMS = ["de", "ce_kd", "qg_kd", "qg_kd_align", "drdecr"]  # the dual-encoders compared, in pipeline order
+SYSTEMS = ["de", "de_ft", "ce_kd", "qg_kd", "qg_kd_align", "drdecr"]  # the dual-encoders compared, in pipeline order
 METRICS = ["recall@10", "recall@100", "mrr@10", "ndcg@10"]
 
 
@@ -57,10 +57,13 @@ def results_markdown(cfg, d, systems, metrics, split, teachers):
         lines += [f"## {m}", "", *head]
         lines += [row(name, {"all": r["all"][m], **{x: v[m] for x, v in r["per_lang"].items()}}) for name, r in systems.items()]
         lines.append("")
-    if teachers:
+    if teachers:  # chance: 1 / (1 + kd_k)
         lines += ["## teachers: share of dev queries whose positive each ranks first among C(q) (p+ and the warm DE's "
-                  f"top {cfg.kd_k})", "", *head]
-        lines += [row(name, r) for name, r in teachers["dev"].items()] + [""]
+                  f"top {cfg.kd_k}; chance {1 / (1 + cfg.kd_k):.3f}), reading the query and reading another query of "
+                  "its language (query-blind)", "", *head]
+        for name in teachers["dev"]["top1"]:
+            lines += [row(name, teachers["dev"]["top1"][name]), row(f"{name}, blind", teachers["dev"]["blind_top1"][name])]
+        lines.append("")
     return "\n".join(lines)
 
 

@@ -301,14 +301,15 @@ def teacher_tau(cfg, t_scores, c):
     return tau
 
 
-def distil(cfg, d, out, name, c, t_scores, aligned=None, pivot=None):
+def distil(cfg, d, out, name, c, t_scores, alpha=None, aligned=None, pivot=None):
     """A copy of the warm DE trained on the training queries' C(q) (Candidates c) with
         L = L_ce + alpha L_kd  [+ beta L_align]  [+ gamma L_tok]
     L_ce: the contrastive loss over every candidate of the batch; L_kd: KL from the teacher's t_scores [Q, 1+K] to
-    the student over each query's own C(q). aligned = (ids, mask, scores, tau) adds the alignment term on the
+    the student over each query's own C(q); alpha defaults to cfg.alpha. aligned = (ids, mask, scores, tau) adds the alignment term on the
     QG-written queries q' (one per training query, DE form; scores/tau: the teacher on C(q) for q', align=kd only).
     pivot = (pivot DE, ids, mask) adds DR.DECR's token-level KD from the pivot DE reading the translations."""
     q_ids, q_mask = d.de_queries(c.qids)
+    alpha = cfg.alpha if alpha is None else alpha
     tau_t = teacher_tau(cfg, t_scores, c)
     de, B, M = out.new_model(DualEncoder, model_config(cfg, d), cfg.seed, "de.pt"), cfg.rank_batch, c.cand.size(1)
     ar = torch.arange(B, device=DEVICE)
@@ -325,7 +326,7 @@ def distil(cfg, d, out, name, c, t_scores, aligned=None, pivot=None):
         l_ce, acc = losses.contrastive_loss(s, ar * M, valid, cfg.tau)
         own = s.view(B, B, M)[ar, ar]                                                         # [B, M] s(q_i, C(q_i))
         l_kd = losses.kd_loss(own, t_scores[b].to(DEVICE), tau_s=cfg.tau_s, tau_t=tau_t)
-        loss, logs = l_ce + cfg.alpha * l_kd, {"ce": l_ce.item(), "kd": l_kd.item(), "acc": acc.item()}
+        loss, logs = l_ce + alpha * l_kd, {"ce": l_ce.item(), "kd": l_kd.item(), "acc": acc.item()}
         if aligned:  # METHOD.md 5: the student treats q and the QG-written q' (same passage, other language) alike
             g_ids, g_mask, g_scores, g_tau = aligned
             eg = de.encode(*batch_rows(g_ids, g_mask, b))                                     # [B, C] e(q')
@@ -350,23 +351,34 @@ def distil(cfg, d, out, name, c, t_scores, aligned=None, pivot=None):
     fit(cfg, out, name, de, cfg.kd_steps, step, f"{name}.pt", key="distil")
 
 
-def stage_kd(cfg, d, out):
-    """C(q) of every training query scored once by both teachers (kd_cache.pt), the same for dev queries to see how
-    well each teacher ranks held-out queries (teachers.json), then each teacher distilled into a copy of the warm DE."""
+def stage_teach(cfg, d, out):
+    """C(q) of every training query scored once by the warm DE and both teachers (kd_cache.pt: what distillation
+    learns from); the same for dev queries, with the real query and with another query of the same language, to see
+    how well each teacher ranks held-out queries and whether it reads the query at all (teachers.json)."""
     scorers = [out.load_model(DualEncoder, "de.pt"), out.load_model(QueryGenerator, "qg.pt"),
                out.load_model(CrossEncoder, "ce.pt")]
-    if out.todo("kd", "kd_cache.pt"):
+    if out.todo("teach", "kd_cache.pt"):
         out.save("kd_cache.pt", dataclasses.asdict(d.score_candidates(*scorers, d.train, cfg.kd_k, cfg.seed, cfg.log_every)))
-    c = Candidates(**out.load("kd_cache.pt"))
     dev = [q for q in d.ds.qrels.get("dev", {}) if d.pos[q]]
-    if dev and out.todo("kd", "teachers.json"):
-        rates = {"train": d.first_rate(c), "dev": d.first_rate(d.score_candidates(*scorers, dev, cfg.kd_k, cfg.seed, cfg.log_every))}
+    if dev and out.todo("teach", "teachers.json"):
+        real = d.score_candidates(*scorers, dev, cfg.kd_k, cfg.seed, cfg.log_every)
+        blind = d.score_candidates(*scorers, dev, cfg.kd_k, cfg.seed, cfg.log_every, d.others_of_same_language(dev, cfg.seed))
+        rates = {"train": {"top1": d.top_rate(Candidates(**out.load("kd_cache.pt")))},
+                 "dev": {"top1": d.top_rate(real), "top5": d.top_rate(real, 5),
+                         "blind_top1": d.top_rate(blind), "blind_top5": d.top_rate(blind, 5)}}
         out.write_text("teachers.json", json.dumps(rates, indent=1) + "\n")
-        for name, r in rates["dev"].items():
-            log("kd", f"dev: {name} ranks p+ first among C(q) for " + " ".join(f"{x} {v:.2f}" for x, v in r.items()))
-    for teacher in ("ce", "qg"):
-        if out.todo("kd", f"{teacher}_kd.pt"):
-            distil(cfg, d, out, f"{teacher}_kd", c, getattr(c, teacher))
+        for name in ("de", "qg", "ce"):
+            log("teach", f"dev: {name} ranks p+ first among C(q) for {rates['dev']['top1'][name]['all']:.3f} of the queries, "
+                         f"{rates['dev']['blind_top1'][name]['all']:.3f} reading another query (chance {1 / (1 + cfg.kd_k):.3f})")
+
+
+def stage_kd(cfg, d, out):
+    """Each teacher distilled into a copy of the warm DE, and the control de_ft: the same stage with alpha = 0 (same
+    batches, schedule, candidates and steps), so that a student is compared with more training, not with less."""
+    c = Candidates(**out.load("kd_cache.pt"))
+    for name, t_scores, alpha in (("de_ft", c.qg, 0.0), ("ce_kd", c.ce, cfg.alpha), ("qg_kd", c.qg, cfg.alpha)):
+        if out.todo("kd", f"{name}.pt"):
+            distil(cfg, d, out, name, c, t_scores, alpha=alpha)
 
 
 def write_queries(cfg, d, out, c):
@@ -432,7 +444,8 @@ STAGES = [  # in pipeline order, after the tokenizer; run by cli.run_stages, whi
     Stage("de", stage_de, ["pretrain.pt"], ["de_bm25.pt", "de.pt"]),
     Stage("qg", stage_qg, ["qg_pretrain.pt", "de.pt"], ["qg_gen.pt", "qg.pt"]),
     Stage("ce", stage_ce, ["pretrain.pt", "de.pt"], ["ce.pt"]),
-    Stage("kd", stage_kd, ["de.pt", "qg.pt", "ce.pt"], ["kd_cache.pt", "teachers.json", "ce_kd.pt", "qg_kd.pt"]),
+    Stage("teach", stage_teach, ["de.pt", "qg.pt", "ce.pt"], ["kd_cache.pt", "teachers.json"]),
+    Stage("kd", stage_kd, ["kd_cache.pt", "de.pt"], ["de_ft.pt", "ce_kd.pt", "qg_kd.pt"]),
     Stage("align", stage_align, ["kd_cache.pt", "qg.pt"], ["generated.pt", "qg_kd_align.pt"]),
     Stage("drdecr", stage_drdecr, ["kd_cache.pt", "pretrain.pt"], ["de_pivot.pt", "drdecr.pt"]),
     Stage("eval", stage_eval, [], ["runs/", "results.json", "results.md"]),  # remade every time: cheap, reads all

@@ -131,7 +131,7 @@ def test_other_alignment_losses_train(full_run, micro, tmp_path, variant):
 def test_missing_input_small_corpus_and_bad_config_are_one_line_errors(micro, tmp_path, capsys):
     out = str(tmp_path / "out")
     assert train.main(["--data", micro, "--out", out, "--stages", "kd", *MICRO]) == 1
-    assert capsys.readouterr().err.strip().endswith("de.pt: not found; stage kd needs it: add stage de to --stages")
+    assert capsys.readouterr().err.strip().endswith("kd_cache.pt: not found; stage kd needs it: add stage teach to --stages")
     assert train.main(["--data", micro, "--out", str(tmp_path / "o2"), *MICRO, "--pool", "300"]) == 1
     assert "corpus.jsonl:0: 280 passages; --pool and --kd-k need 301" in capsys.readouterr().err
     for flag, value, message in [("--align", "foo", "--align 'foo': choose from dist, kd, emb"),
