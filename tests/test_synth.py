@@ -3,7 +3,8 @@
 The leak check does not trust synth's own bookkeeping: it reads the held-out facts back from the written files (the
 positive passage's title names the entity, the pivot translation names the relation), renders every question
 template of every held-out fact into every language with the renderers that wrote the files (so with their
-lexicons), and looks for each rendering and each dev/test query text inside every unlabelled line.
+lexicons), and looks for each rendering and each dev/test query text inside every unlabelled line: as a substring,
+whitespace normalised, that does not begin or end inside a word (names can extend other names: Keze, Kezede).
 """
 import itertools
 import json
@@ -105,9 +106,29 @@ def questions(fact, world, renderers):
     return out
 
 
+def joined(a, b):
+    """Whether adjacent characters a, b lie inside one word: letters or digits in a spaced script; in CJK, where words
+    are not spaced, two name characters (so a name is not found inside a longer name: 'who founded Keze' is not
+    asked by 'who founded Kezede')."""
+    if max(ord(a), ord(b)) >= synth.CJK_BASE:
+        return all(synth.CJK_BASE <= ord(c) < synth.CJK_BASE + len(synth.SYLLABLES) for c in (a, b))
+    return a.isalnum() and b.isalnum()
+
+
+def occurs(needle, line):
+    """Whether `needle` is a substring of `line` that starts and ends at word boundaries."""
+    i = line.find(needle)
+    while i >= 0:
+        j = i + len(needle)
+        if not (0 < i and joined(line[i - 1], line[i])) and not (j < len(line) and joined(line[j - 1], line[j])):
+            return True
+        i = line.find(needle, i + 1)
+    return False
+
+
 def containing(needles, lines, k=4):
-    """The lines that contain a needle. Each line is indexed by its k-character pieces, and a needle is looked for
-    only in the lines that hold its rarest piece (a line that contains the needle holds all its pieces)."""
+    """The lines in which a needle occurs. Each line is indexed by its k-character pieces, and a needle is looked
+    for only in the lines that hold its rarest piece (a line that contains the needle holds all its pieces)."""
     index = {}
     for i, line in enumerate(lines):
         for j in range(len(line) - k + 1):
@@ -115,17 +136,23 @@ def containing(needles, lines, k=4):
     found = set()
     for n in needles:
         pieces = [index.get(n[j:j + k], ()) for j in range(len(n) - k + 1)]
-        found |= {i for i in (min(pieces, key=len) if pieces else range(len(lines))) if n in lines[i]}
+        found |= {i for i in (min(pieces, key=len) if pieces else range(len(lines))) if occurs(n, lines[i])}
     return [lines[i] for i in sorted(found)]
 
 
 def test_containing_matches_a_plain_search():
-    assert containing({"ab c", "x", "zzzzz"}, ["zab cz", "q", "x y", "ab"]) == ["zab cz", "x y"]
+    name = synth._cjk
+    assert occurs("who founded Keze", "who founded Keze ka") and occurs("Keze ka", "Keze ka")
+    assert not occurs("who founded Keze", "who founded Kezede") and not occurs("Keze ka", "bo Kezeka ka")
+    assert occurs(name(3) + "吗", name(3) + "吗") and occurs(name(3) + "吗", name(3) + "1900" + name(3) + "吗")
+    word = name(150)  # a lexicon character: only names join in CJK
+    assert not occurs(name(3) + "吗", name(2) + name(3) + "吗") and occurs(word + "吗", word + word + "吗")
+    assert containing({"ab c", "x", "zzzzz"}, ["zab c", "q", "x y", "ab", "xy x"]) == ["x y", "xy x"]
     rng = random.Random(0)
     for _ in range(200):
         word = lambda n: "".join(rng.choice("ab 丁") for _ in range(rng.randrange(n)))
         needles, lines = {word(8) for _ in range(5)} - {""}, [word(30) for _ in range(20)]
-        assert containing(needles, lines) == [line for line in lines if any(n in line for n in needles)]
+        assert containing(needles, lines) == [line for line in lines if any(occurs(n, line) for n in needles)]
 
 
 def test_unlabelled_text_asks_no_dev_or_test_question(bench):
