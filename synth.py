@@ -29,10 +29,26 @@ Cyrillic with transliterated names, `qe` in CJK characters with no spaces betwee
 the passages, and lexical matching fails completely. Years are written in digits everywhere, as in real text.
 
 Uneven supervision: `qa` and `qb` are high-resource, `qc` and `qd` low-resource (a tenth of `qa`'s training
-queries or less), `qe` has none (zero-shot); dev and test hold every language. Beside the qrels: `answers.jsonl`
-(the value of the asked fact, for R@kt), `translations.jsonl` (each query's pivot form: an oracle translator, used
-only by the translation baselines) and `unlabelled/<lang>.txt`, monolingual sentences about random facts in every
-language, the pivot included, not parallel across languages (for pre-training).
+queries or less), `qe` has none (zero-shot); dev and test hold every language, in `tiny` 100 queries each per
+language (train: 1,000 per high-resource, 80 per low-resource language). With 100 queries a success rate near 0.5
+has a standard error of 0.05, and a paired difference between two systems has one of sqrt(d / 100), d the share of
+queries on which they disagree (0.03 for d = 0.1, 0.045 for d = 0.2): a difference of 0.05 within a language stands
+out from the noise when the systems disagree on few queries, and only across seeds or languages otherwise.
+`stats.json` records the queries per split and language. Beside the qrels: `answers.jsonl` (the value of the asked
+fact, for R@kt) and `translations.jsonl` (each query's pivot form: an oracle translator, used only by the translation
+baselines).
+
+Unlabelled text (`unlabelled/<lang>.txt`, for pre-training): monolingual sentences in every language, the pivot
+included, not parallel across languages. The pivot file states random facts; each query language's file holds 70 %
+statements of random facts and 30 % questions, rendered like the queries. No line asks a dev or test question:
+questions are drawn only from facts that no dev or test query asks (training facts and facts no query asks), so
+pre-training can read neither a held-out query's text nor any other question about its fact (another template,
+another language, the pivot). A line that still contains a dev or test query's text by chance (a query that lost a
+word can be part of a sentence: 'employed X', from 'who employed X', is in 'V employed X for many years') is drawn
+again. Statements of held-out facts stay, in every language: every fact is already stated in the corpus, which every
+system reads; the task is to find that passage, not to learn the value; statements in a query language are the text
+a real pre-training corpus holds about the facts a benchmark asks (Wikipedia in every language); and leaving
+held-out facts out would itself mark which facts are asked.
 
 Language codes `qa`..`qe` come from the ISO 639 range reserved for private use, so they never collide with a real
 language; the pivot is `en`.
@@ -129,7 +145,7 @@ LANGS = [
 PIVOT = "en"
 SIZES = {  # entities per type, train queries per resource level, dev/test queries per language
     "micro": dict(entities=20, high=80, low=8, zero=0, dev=5, test=10),  # for the tests: seconds, not minutes
-    "tiny": dict(entities=180, high=1000, low=80, zero=0, dev=40, test=100),
+    "tiny": dict(entities=200, high=1000, low=80, zero=0, dev=100, test=100),  # 3,200 facts, 3,160 asked
     "small": dict(entities=1800, high=10000, low=800, zero=0, dev=200, test=500),
 }
 CYRILLIC = dict(zip("abdefgiklmnoprstuvz", "абдефгиклмнопрстувз"))
@@ -313,6 +329,7 @@ def generate(out, size="tiny", seed=0):
     if sum(n for _, _, n in want) > len(facts):
         raise ValueError(f"size {size!r}: {len(facts)} facts cannot hold {sum(n for *_, n in want)} queries")
     queries, qrels, answers, translations = [], {"train": [], "dev": [], "test": []}, [], []
+    held_out, held_out_texts = set(), []  # facts asked by dev/test queries, and those queries' texts
     for split, lang, n in want:
         for e, rel in facts[:n]:
             qid = f"{split}-{lang.code}-{len(qrels[split])}"
@@ -321,12 +338,11 @@ def generate(out, size="tiny", seed=0):
             qrels[split].append((qid, stated_in[e, rel]))
             answers.append({"_id": qid, "answers": [value_surface(world.facts[e, rel])]})
             translations.append({"_id": qid, "text": pivot})
+            if split != "train":
+                held_out.add((e, rel))
+                held_out_texts.append(queries[-1]["text"])
         facts = facts[n:]
-    unlabelled = {PIVOT: [world.statement(e, r) for e, r in rng.choices(list(world.facts), k=cfg["test"] * 20)]}
-    for code, rend in renderers.items():
-        draws = rng.choices(list(world.facts), k=cfg["test"] * 20)
-        unlabelled[code] = [rend.render(world.statement(e, r) if rng.random() < 0.7 else world.question(e, r), rng)
-                            for e, r in draws]
+    unlabelled = unlabelled_text(world, renderers, held_out, held_out_texts, cfg["test"] * 20, rng)
 
     os.makedirs(os.path.join(out, "qrels"), exist_ok=True)
     os.makedirs(os.path.join(out, "unlabelled"), exist_ok=True)
@@ -339,13 +355,32 @@ def generate(out, size="tiny", seed=0):
                "query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{p}\t1\n" for q, p in rows))
     for code, lines in unlabelled.items():
         _write(os.path.join(out, "unlabelled", f"{code}.txt"), "".join(line + "\n" for line in lines))
-    stats = describe(corpus, queries, qrels, seed, size)
+    stats = describe(corpus, queries, qrels, unlabelled, seed, size)
     _write(os.path.join(out, "stats.json"), json.dumps(stats, indent=1, ensure_ascii=False) + "\n")
     return stats
 
 
-def describe(corpus, queries, qrels, seed, size):
-    """Counts per split and language, and how often a query shares a word with its positive passage."""
+def unlabelled_text(world, renderers, held_out, held_out_texts, n, rng):
+    """-> {language: n sentences}: statements of random facts; in the query languages 30 % questions, about facts
+    not in `held_out`. A line containing one of `held_out_texts` (any language's) is drawn again."""
+    facts = list(world.facts)
+    askable = [f for f in facts if f not in held_out]
+    draw = {PIVOT: lambda: world.statement(*rng.choice(facts))}
+    for code, rend in renderers.items():
+        draw[code] = lambda rend=rend: rend.render(world.statement(*rng.choice(facts)) if rng.random() < 0.7
+                                                   else world.question(*rng.choice(askable)), rng)
+    out = {code: [d() for _ in range(n)] for code, d in draw.items()}
+    while True:  # one search per held-out query over all the text; a hit is rare, so this loop ends at once
+        text = "\n".join(line for lines in out.values() for line in lines)
+        hits = [q for q in held_out_texts if q in text]
+        if not hits:
+            return out
+        for code, lines in out.items():
+            out[code] = [draw[code]() if any(q in line for q in hits) else line for line in lines]
+
+
+def describe(corpus, queries, qrels, unlabelled, seed, size):
+    """Counts per split and language, how often a query shares a word with its positive passage, unlabelled lines."""
     text = {p["_id"]: (p["title"] + " " + p["text"]).lower() for p in corpus}
     lang = {q["_id"]: q["lang"] for q in queries}
     qtext = {q["_id"]: q["text"].lower() for q in queries}
@@ -359,7 +394,8 @@ def describe(corpus, queries, qrels, seed, size):
         d["shares_word"] = round(d["shares_word"] / (d["train"] + d["dev"] + d["test"]), 3)
     return {"size": size, "seed": seed, "passages": len(corpus), "queries": len(queries),
             "languages": {lang.code: {"resource": lang.resource, "script": lang.script, **per_lang[lang.code]}
-                          for lang in LANGS}}
+                          for lang in LANGS},
+            "unlabelled": {code: len(lines) for code, lines in unlabelled.items()}}
 
 
 def _write(path, text):
