@@ -351,21 +351,26 @@ def distil(cfg, d, out, name, c, t_scores, alpha=None, aligned=None, pivot=None)
     fit(cfg, out, name, de, cfg.kd_steps, step, f"{name}.pt", key="distil")
 
 
+def teacher_rates(cfg, d, scorers, qids):
+    """How well each scorer (warm DE, QG, CE) ranks the queries' C(q): p+ in the top 1 and top 5, reading the real
+    query and reading another query of its language (a teacher that reads a prior of the candidates, not the
+    query, keeps its rate there; chance is 1 / (1 + kd_k) for the top 1)."""
+    real = d.score_candidates(*scorers, qids, cfg.kd_k, cfg.seed, cfg.log_every)
+    blind = d.score_candidates(*scorers, qids, cfg.kd_k, cfg.seed, cfg.log_every, d.others_of_same_language(qids, cfg.seed))
+    return {"top1": d.top_rate(real), "top5": d.top_rate(real, 5), "blind_top1": d.top_rate(blind),
+            "blind_top5": d.top_rate(blind, 5)}
+
+
 def stage_teach(cfg, d, out):
     """C(q) of every training query scored once by the warm DE and both teachers (kd_cache.pt: what distillation
-    learns from); the same for dev queries, with the real query and with another query of the same language, to see
-    how well each teacher ranks held-out queries and whether it reads the query at all (teachers.json)."""
+    learns from); on the dev queries, how well each teacher ranks held-out queries (teachers.json)."""
     scorers = [out.load_model(DualEncoder, "de.pt"), out.load_model(QueryGenerator, "qg.pt"),
                out.load_model(CrossEncoder, "ce.pt")]
     if out.todo("teach", "kd_cache.pt"):
         out.save("kd_cache.pt", dataclasses.asdict(d.score_candidates(*scorers, d.train, cfg.kd_k, cfg.seed, cfg.log_every)))
     dev = [q for q in d.ds.qrels.get("dev", {}) if d.pos[q]]
     if dev and out.todo("teach", "teachers.json"):
-        real = d.score_candidates(*scorers, dev, cfg.kd_k, cfg.seed, cfg.log_every)
-        blind = d.score_candidates(*scorers, dev, cfg.kd_k, cfg.seed, cfg.log_every, d.others_of_same_language(dev, cfg.seed))
-        rates = {"train": {"top1": d.top_rate(Candidates(**out.load("kd_cache.pt")))},
-                 "dev": {"top1": d.top_rate(real), "top5": d.top_rate(real, 5),
-                         "blind_top1": d.top_rate(blind), "blind_top5": d.top_rate(blind, 5)}}
+        rates = {"train": {"top1": d.top_rate(Candidates(**out.load("kd_cache.pt")))}, "dev": teacher_rates(cfg, d, scorers, dev)}
         out.write_text("teachers.json", json.dumps(rates, indent=1) + "\n")
         for name in ("de", "qg", "ce"):
             log("teach", f"dev: {name} ranks p+ first among C(q) for {rates['dev']['top1'][name]['all']:.3f} of the queries, "

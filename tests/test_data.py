@@ -112,7 +112,7 @@ def test_check_cli_one_line_error_and_summary(tmp_path, tiny):
     assert r.returncode == 1 and r.stdout == ""
     assert r.stderr.strip().splitlines() == [f"error: {root}/qrels/test.tsv:2: unknown corpus id 'd9'"]
     r = subprocess.run([sys.executable, "data.py", "check", tiny], cwd=ROOT, capture_output=True, text=True)
-    assert r.returncode == 0 and "2530 passages" in r.stdout and "languages: qa qb qc qd qe" in r.stdout
+    assert r.returncode == 0 and "2815 passages" in r.stdout and "languages: qa qb qc qd qe" in r.stdout
 
 
 def test_synth_is_deterministic(tmp_path, tiny):
