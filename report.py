@@ -36,16 +36,60 @@ def stage_eval(cfg, d, out):
             res = evaluate.evaluate(ds.qrels[split], evaluate.read_run(path), metrics, ds.lang, ds.answers, passages)
             results[split][name] = {"all": res["all"], "per_lang": res["per_lang"]}
             log("eval", f"{split} {name:12s} " + " ".join(f"{m} {res['all'][m]:.3f}" for m in metrics))
+    hybrid = hybrid_row(cfg, d, out, splits, results, metrics, passages)
     split = "test" if "test" in results else "dev"
     summary = {"config": dataclasses.asdict(cfg), "data": ds.root, "split": split, "systems": results[split],
-               "dev": results.get("dev", {})}
+               "dev": results.get("dev", {}), "hybrid": hybrid}
     out.write_text("results.json", json.dumps(summary, indent=1) + "\n")
     teachers = json.load(open(out.path("teachers.json"))) if out.exists("teachers.json") else None
-    out.write_text("results.md", results_markdown(cfg, d, results[split], metrics, split, teachers))
+    out.write_text("results.md", results_markdown(cfg, d, results[split], metrics, split, teachers, hybrid))
     print(open(out.path("results.md"), encoding="utf-8").read())
 
 
-def results_markdown(cfg, d, systems, metrics, split, teachers):
+def fuse(sparse, dense, w):
+    """Score fusion of two runs {qid: {pid: score}}: per query each run's scores are min-max normalised to [0, 1]
+    over its own list (a passage missing from a list gets 0 there), then w * dense + (1 - w) * sparse."""
+    def norm(scores):
+        lo, hi = min(scores.values(), default=0.0), max(scores.values(), default=0.0)
+        return {p: (s - lo) / (hi - lo) if hi > lo else 1.0 for p, s in scores.items()}
+    fused = {}
+    for q in sparse.keys() | dense.keys():
+        a, b = norm(sparse.get(q, {})), norm(dense.get(q, {}))
+        fused[q] = {p: w * b.get(p, 0.0) + (1 - w) * a.get(p, 0.0) for p in a.keys() | b.keys()}
+    return fused
+
+
+def hybrid_row(cfg, d, out, splits, results, metrics, passages):
+    """The `hybrid` system: BM25 fused with the dense system that is best on dev (recall@100, then mrr@10), the
+    weight w in {0, 0.1, ..., 1} chosen on dev by the same order (0.5 without a dev split); runs/hybrid.<split>.trec
+    and a row in results, like every system. -> {"dense": name, "weight": w}."""
+    ds, dense = d.ds, [n for n in SYSTEMS if out.exists(f"{n}.pt")]
+    if not dense:
+        return None
+    read = lambda name, split: evaluate.read_run(out.path(f"runs/{name}.{split}.trec"))  # noqa: E731
+    key = lambda res: (res["all"]["recall@100"], res["all"]["mrr@10"])  # noqa: E731
+    w, best = 0.5, dense[0]
+    if "dev" in results:
+        best = max(dense, key=lambda n: key(results["dev"][n]))
+        sparse, dense_run = read("bm25", "dev"), read(best, "dev")
+        w = max((i / 10 for i in range(11)), key=lambda w: key(evaluate.evaluate(
+            ds.qrels["dev"], fuse(sparse, dense_run, w), ["recall@100", "mrr@10"])))
+    row = {p: i for i, p in enumerate(ds.pids)}
+    for split, qids in splits.items():
+        fused = fuse(read("bm25", split), read(best, split), w)
+        ranked = [sorted(fused.get(q, {}).items(), key=lambda x: -x[1])[:cfg.eval_k] for q in qids]
+        k = max(map(len, ranked), default=0)
+        ids = [[row[p] for p, _ in r] + [-1] * (k - len(r)) for r in ranked]
+        scores = [[s for _, s in r] + [0.0] * (k - len(r)) for r in ranked]
+        path = out.path(f"runs/hybrid.{split}.trec")
+        search.write_trec(path, qids, ds.pids, scores, ids, "hybrid")
+        res = evaluate.evaluate(ds.qrels[split], evaluate.read_run(path), metrics, ds.lang, ds.answers, passages)
+        results[split]["hybrid"] = {"all": res["all"], "per_lang": res["per_lang"]}
+    log("eval", f"hybrid: BM25 and {best}, weight {w:.1f} on the dense side (chosen on dev)")
+    return {"dense": best, "weight": w}
+
+
+def results_markdown(cfg, d, systems, metrics, split, teachers, hybrid):
     """One table per metric: systems x (all, each language with its number of training queries); then, when the kd
     stage measured them, how often each teacher ranks p+ first among the warm DE's candidates of dev queries."""
     langs = sorted({x for r in systems.values() for x in r["per_lang"]})
@@ -53,6 +97,8 @@ def results_markdown(cfg, d, systems, metrics, split, teachers):
     head = ["| system | all | " + " | ".join(f"{x} ({n_train[x]})" for x in langs) + " |", "|---" * (2 + len(langs)) + "|"]
     row = lambda name, values: f"| {name} | " + " | ".join(f"{values.get(x, float('nan')):.3f}" for x in ["all"] + langs) + " |"  # noqa: E731
     lines = [f"# Results on {d.ds.root} ({split})", ""]
+    if hybrid:
+        lines += [f"hybrid: BM25 fused with {hybrid['dense']}, weight {hybrid['weight']:.1f} on the dense side (chosen on dev).", ""]
     for m in metrics:
         lines += [f"## {m}", "", *head]
         lines += [row(name, {"all": r["all"][m], **{x: v[m] for x, v in r["per_lang"].items()}}) for name, r in systems.items()]

@@ -428,6 +428,10 @@ def stage_drdecr(cfg, d, out):
     """DR.DECR: a pivot-language DE trained on the oracle translations of the training queries teaches a copy of
     the warm DE by relevance KD over C(q) and token-level representation KD."""
     c = Candidates(**out.load("kd_cache.pt"))
+    keep = [i for i, q in enumerate(c.qids) if q in d.ds.translations]
+    if len(keep) < len(c.qids):  # only the training queries with a translation
+        log("drdecr", f"{len(keep)} of {len(c.qids)} training queries have a translation: DR.DECR trains on those")
+        c = Candidates([c.qids[i] for i in keep], *(getattr(c, f)[keep] for f in ("cand", "de", "qg", "ce")))
     trans = data.encode(d.tok, [d.ds.translations[q] for q in c.qids], cfg.max_len_q - 1)
     t_ids, t_mask = pad_batch([[data.Q] + toks for toks in trans])                                 # [Q, Tq]
     if out.todo("drdecr", "de_pivot.pt"):

@@ -2,6 +2,7 @@
 an interrupted run resumes to the same numbers, bad or partial data sets are handled."""
 import json
 import os
+import re
 import shutil
 
 import pytest
@@ -13,6 +14,7 @@ import synth
 import train
 from model import DualEncoder
 from outdir import OutDir
+import report
 from report import METRICS, SYSTEMS
 
 MICRO = ["--preset", "micro", "--log-every", "60"]  # the tests' settings are the micro preset
@@ -34,7 +36,8 @@ def full_run(micro, tmp_path_factory):
 
 def test_every_output_exists_and_parses(full_run, micro):
     res = json.load(open(os.path.join(full_run, "results.json")))
-    assert list(res["systems"]) == ["bm25", *SYSTEMS] and res["split"] == "test"
+    assert list(res["systems"]) == ["bm25", *SYSTEMS, "hybrid"] and res["split"] == "test"
+    assert res["hybrid"]["dense"] in SYSTEMS and 0 <= res["hybrid"]["weight"] <= 1
     ds = data.load(micro)
     for name in res["systems"]:
         for split in ("dev", "test"):
@@ -96,7 +99,7 @@ def test_stage_without_its_input_is_skipped(micro, tmp_path, capsys):
     shutil.copytree(micro, root)
     os.remove(os.path.join(root, "translations.jsonl"))
     assert train.main(["--data", root, "--out", str(tmp_path / "out"), "--stages", "drdecr", *MICRO]) == 0
-    assert "[drdecr] skipped: no oracle translation" in capsys.readouterr().out
+    assert "[drdecr] skipped: no training query has a translation" in capsys.readouterr().out
 
 
 def test_bad_data_set_stops_before_training(micro, tmp_path, capsys):
@@ -140,7 +143,7 @@ def test_missing_input_small_corpus_and_bad_config_are_one_line_errors(micro, tm
         assert capsys.readouterr().err.strip() == f"error: {message}"
 
 
-def test_a_less_regular_data_set(micro, tmp_path):
+def test_a_less_regular_data_set(micro, tmp_path, capsys):
     """No dev split, several positives for some queries, a language with a single training query (and no oracle
     translation, so no DR.DECR), a query with no language outside the qrels, a passage far longer than max_len_p:
     the pipeline runs through."""
@@ -157,4 +160,17 @@ def test_a_less_regular_data_set(micro, tmp_path):
     out = str(tmp_path / "out")
     assert train.main(["--data", root, "--out", out, *MICRO]) == 0
     res = json.load(open(os.path.join(out, "results.json")))
-    assert res["split"] == "test" and res["dev"] == {} and list(res["systems"]) == ["bm25", *SYSTEMS[:-1]]
+    assert res["split"] == "test" and res["dev"] == {} and list(res["systems"]) == ["bm25", *SYSTEMS, "hybrid"]
+    said = re.search(r"\[drdecr\] (\d+) of (\d+) training queries have a translation", capsys.readouterr().out)
+    assert said and int(said[1]) == int(said[2]) - 1  # all but 'lone'; DR.DECR trains on those
+    assert res["hybrid"] == {"dense": "de", "weight": 0.5}  # no dev split: the first system, an even weight
+
+
+def test_fusion_by_hand():
+    """Min-max per query and run, a missing passage 0 on that side, then w * dense + (1 - w) * sparse."""
+    sparse = {"q": {"a": 4.0, "b": 2.0, "c": 0.0}}
+    dense = {"q": {"b": 10.0, "d": 5.0}, "r": {"x": 1.0}}
+    fused = report.fuse(sparse, dense, 0.25)
+    assert fused["q"] == pytest.approx({"a": 0.75, "b": 0.25 + 0.375, "c": 0.0, "d": 0.0})
+    assert fused["r"] == {"x": 0.25}  # a one-passage list normalises to 1
+    assert report.fuse(sparse, dense, 0.0)["q"] == pytest.approx({"a": 1.0, "b": 0.5, "c": 0.0, "d": 0.0})
