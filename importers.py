@@ -146,8 +146,10 @@ def lz4_decompress(buf, path="<lz4>"):
                     _lz4_block(buf, i, i + n, out)
                 i += n + (4 if flg & 0x10 else 0)
             i += 4 if flg & 4 else 0
-            if i > len(buf) or (size is not None and len(out) - start != size):
+            if i > len(buf):
                 raise ValueError("truncated frame")
+            if size is not None and len(out) - start != size:
+                raise ValueError(f"content size {size}, decoded {len(out) - start} bytes")
     except (ValueError, IndexError, struct.error) as e:
         raise DataError(f"{path}:0: corrupt lz4 data ({e})") from None
     return bytes(out)
@@ -230,13 +232,13 @@ def read_stanzas(path, lang, check_md5=False):
         for key in ("Package", "Description-md5", want):
             if key not in fields:
                 raise DataError(f"{path}:{start}: stanza without a {key} field")
-        md5, summary, package = fields["Description-md5"][0].strip(), fields[want][0].strip(), fields["Package"][0].strip()
+        md5, summary = fields["Description-md5"][0].strip(), fields[want][0].strip()
         if not re.fullmatch(r"[0-9a-f]{32}", md5):
             raise DataError(f"{path}:{fields['Description-md5'][1]}: Description-md5 is not 32 hex digits")
         if check_md5 and hashlib.md5(f"{fields[want][0]}\n{''.join(' ' + r + chr(10) for r in raw)}"
                                      .encode()).hexdigest() != md5:
             raise DataError(f"{path}:{start}: Description-md5 does not match the description")
-        out.append(Description(package, md5, summary, paragraphs(raw), start))
+        out.append(Description(fields["Package"][0].strip(), md5, summary, paragraphs(raw), start))
 
     for i, line in enumerate(text.split("\n"), 1):
         line = line.rstrip("\r")
@@ -303,7 +305,7 @@ def read_language(src, lang):
 
 
 def sentences(text):
-    """Split a paragraph after . ! ? followed by a space, and after 。！？ (unlabelled text is one sentence a line)."""
+    """Split a paragraph after . ! ? and a space, and after 。！？ (unlabelled text is one sentence a line)."""
     return [s for s in re.split(r"(?<=[.!?])\s+|(?<=[。！？])", text) if s.strip()]
 
 
@@ -354,7 +356,8 @@ def ddtp(src, out, langs, zero_shot=(), size="cpu", seed=0):
     rows = {"corpus.jsonl": [{"_id": r, "title": "", "text": " ".join(en[r].paras)} for r in corpus],
             "queries.jsonl": [{"_id": qid(lang, r), "text": query[lang][r], "lang": lang}
                               for s in SPLITS for lang, r in judged[s]],
-            "translations.jsonl": [{"_id": qid(lang, r), "text": en[r].summary} for s in SPLITS for lang, r in judged[s]]}
+            "translations.jsonl": [{"_id": qid(lang, r), "text": en[r].summary}
+                                   for s in SPLITS for lang, r in judged[s]]}
     files = {name: "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rs) for name, rs in rows.items()}
     for s in SPLITS:
         if judged[s]:
@@ -420,12 +423,14 @@ def assign_splits(query, langs, zero_shot, cfg, rng):
 
 
 def unlabelled_text(texts, held, queries, limit, rng):
-    """Sentences of the summaries and long descriptions in `texts` ({package: Description}, one language) of the
-    packages not in `held`, deduplicated, in a seeded shuffle, at most `limit` (None: all); a sentence is dropped if
-    it contains one of `queries` or equals a sentence of a held package (both casefolded). -> (lines, dropped)."""
-    held_sents = {norm(s) for p in held if p in texts for t in [texts[p].summary, *texts[p].paras] for s in sentences(t)}
-    lines = list(dict.fromkeys(s for p in sorted(texts) if p not in held
-                               for t in [texts[p].summary, *texts[p].paras] for s in sentences(t)))
+    """Sentences of the summaries and long descriptions in `texts` ({package: Description}, one language),
+    deduplicated, in a seeded shuffle, at most `limit` (None: all), except those that are a sentence of a package in
+    `held` (its own text, or the same sentence elsewhere) or contain one of `queries`, both casefolded.
+    -> (lines, number dropped)."""
+    held_sents = {norm(s) for p in held if p in texts
+                  for t in [texts[p].summary, *texts[p].paras] for s in sentences(t)}
+    lines = list(dict.fromkeys(s for p in sorted(texts) for t in [texts[p].summary, *texts[p].paras]
+                               for s in sentences(t)))
     rng.shuffle(lines)
     index, keep, dropped = NeedleIndex({norm(q) for q in queries}), [], 0
     for s in lines:
