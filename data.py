@@ -361,6 +361,7 @@ def main(argv=None):
             stats = synth.generate(args.out, args.size, args.seed)
             print(f"wrote {args.out}: {stats['passages']} passages, {stats['queries']} queries")
         elif args.cmd == "import":
+            sys.modules.setdefault("data", sys.modules[__name__])  # run as a script: importers' DataError is ours
             import importers
             split = lambda s: [x for x in s.split(",") if x]  # noqa: E731
             stats = importers.ddtp(args.src, args.out, split(args.langs), split(args.zero_shot), args.size, args.seed)
@@ -376,5 +377,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.modules.setdefault("data", sys.modules["__main__"])  # importers.py's `from data import DataError`: one class
     sys.exit(main())

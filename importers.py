@@ -49,14 +49,16 @@ The data set, and the reasons for each choice:
   so a small language keeps the packages it has rather than losing most of them to the large ones that translated
   them too; languages in --zero-shot give none. Training counts stay about as uneven as the translators left them.
 - The corpus holds every split's passages and other families' passages (distractors) up to the size's count, in
-  a seeded shuffle.
+  a seeded shuffle (search breaks ties by row, so the row order must not tell held-out passages).
   `translations.jsonl` holds each query's English summary (the oracle translator of the DR.DECR baseline).
-  The size cpu keeps 5,000 training queries, all of full's; both keep the same shares of each language.
-- `unlabelled/<lang>.txt` (and `en.txt`): sentences of the summaries and long descriptions of every package whose
-  family holds no dev or test query (training packages, their siblings, packages in no split), deduplicated; a
-  sentence is dropped if it contains a dev/test query of its language (for en: the query's English summary) or
-  equals a sentence of a dev/test family's description in that language. So no held-out query, nor the
-  translation of its passage, is ever pre-trained on.
+- Sizes (SIZES): cpu, meant to train in about 30 minutes on 2 CPU cores: 150 test and 100 dev queries a language,
+  5,000 training queries (the first in the seeded walk, so each language keeps its share), 8,000 passages, 2,000
+  unlabelled sentences a language; full, for a GPU: 500 and 250, every training query, every family, 50,000.
+- `unlabelled/<lang>.txt` (and `en.txt`): sentences of the summaries and long descriptions of that language
+  (every file read, stale translations too), deduplicated, in a seeded shuffle, without any sentence of a package
+  whose family holds a dev or test query (nor the same sentence written for another package) and without any
+  sentence that contains a dev/test query of its language (for en: the queries' English summaries), casefolded.
+  So no held-out query, nor the translation of its passage, is ever pre-trained on.
 - stats.json: counts per language (translated, current md5, usable, per split, unlabelled sentences) and what was
   merged or dropped. Everything is decided by --seed; the same files and flags give the same bytes.
 Wrapped lines of a paragraph are joined with a space, except between two wide (CJK) characters, where ja, zh and
@@ -81,7 +83,7 @@ from data import SPLITS, DataError
 
 PIVOT = "en"
 SIZES = {  # per language: dev and test queries (at most); in all: training queries, passages; unlabelled per language
-    "cpu": dict(test=150, dev=100, train=5000, passages=8000, unlabelled=2000),    # ~30 minutes on 2 CPU cores
+    "cpu": dict(test=150, dev=100, train=5000, passages=8000, unlabelled=2000),    # meant for ~30 min on 2 cores
     "full": dict(test=500, dev=250, train=None, passages=None, unlabelled=50000),  # None: all there is
 }
 SHARE = {"test": 1 / 2, "dev": 1 / 4}  # the most of a language's queries a held-out split may take
@@ -227,24 +229,26 @@ def read_stanzas(path, lang, check_md5=False):
     out, fields, raw, field = [], {}, [], None
     want = f"Description-{lang}"
 
-    def end(i):  # the stanza before line i is complete
+    def end():  # the stanza in `fields` and `raw` is complete
         start = min(n for _, n in fields.values())
         for key in ("Package", "Description-md5", want):
             if key not in fields:
                 raise DataError(f"{path}:{start}: stanza without a {key} field")
-        md5, summary = fields["Description-md5"][0].strip(), fields[want][0].strip()
+        (package, i), md5, summary = fields["Package"], fields["Description-md5"][0].strip(), fields[want][0].strip()
+        if not re.fullmatch(r"[a-z0-9][a-z0-9+.-]+", package.strip()):
+            raise DataError(f"{path}:{i}: {package.strip()!r} is not a Debian package name")
         if not re.fullmatch(r"[0-9a-f]{32}", md5):
             raise DataError(f"{path}:{fields['Description-md5'][1]}: Description-md5 is not 32 hex digits")
-        if check_md5 and hashlib.md5(f"{fields[want][0]}\n{''.join(' ' + r + chr(10) for r in raw)}"
-                                     .encode()).hexdigest() != md5:
+        long = "".join(f" {r}\n" for r in raw)  # the md5 is of the summary line and these lines, as published
+        if check_md5 and hashlib.md5(f"{fields[want][0]}\n{long}".encode()).hexdigest() != md5:
             raise DataError(f"{path}:{start}: Description-md5 does not match the description")
-        out.append(Description(fields["Package"][0].strip(), md5, summary, paragraphs(raw), start))
+        out.append(Description(package.strip(), md5, summary, paragraphs(raw), start))
 
     for i, line in enumerate(text.split("\n"), 1):
         line = line.rstrip("\r")
         if not line.strip(" \t"):  # a stanza ends at an empty line (a no-break space is text)
             if fields:
-                end(i)
+                end()
             fields, raw, field = {}, [], None
         elif line[0] in " \t":
             if field != want:
@@ -260,7 +264,7 @@ def read_stanzas(path, lang, check_md5=False):
                 raise DataError(f"{path}:{i}: second {key} field in one stanza")
             fields[key], field = (value.lstrip(" \t"), i), key  # trailing spaces are part of the md5's text
     if fields:
-        end(i + 1)
+        end()
     return out
 
 

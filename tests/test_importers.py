@@ -128,7 +128,7 @@ def test_cjk_lines_join_without_space():
         ["Zorblat does things.", "It is fast!", "Really?", "速い。", "とても"]
 
 
-GOOD = "Package: p\nDescription-md5: " + "a" * 32 + "\nDescription-de: s\n x\n"
+GOOD = "Package: pp\nDescription-md5: " + "a" * 32 + "\nDescription-de: s\n x\n"
 MALFORMED = [  # (file text, expected message after the path)
     (" x\n" + GOOD, ":1: continuation line outside a Description-de field"),
     ("Package: p\n x\n", ":2: continuation line outside a Description-de field"),
@@ -136,8 +136,9 @@ MALFORMED = [  # (file text, expected message after the path)
     (GOOD + "\nPackage: q\nDescription-de: s\n", ":6: stanza without a Description-md5 field"),
     (GOOD + "\nDescription-md5: " + "b" * 32 + "\nDescription-de: s\n", ":6: stanza without a Package field"),
     ("Package: p\nPackage: q\n", ":2: second Package field in one stanza"),
-    ("Package: p\nDescription-md5: " + "a" * 32 + "\nDescription-fr: s\n", ":3: field Description-fr in a Translation-de file"),
-    ("Package: p\nDescription-md5: abc\nDescription-de: s\n", ":2: Description-md5 is not 32 hex digits"),
+    ("Package: pp\nDescription-md5: " + "a" * 32 + "\nDescription-fr: s\n", ":3: field Description-fr in a Translation-de file"),
+    ("Package: pp\nDescription-md5: abc\nDescription-de: s\n", ":2: Description-md5 is not 32 hex digits"),
+    (GOOD.replace("Package: pp", "Package: Bad name"), ":1: 'Bad name' is not a Debian package name"),
     (b"Package: p\n\xff\n", ":0: not valid UTF-8"),
 ]
 
@@ -180,11 +181,11 @@ def test_compressions_and_file_names(tmp_path):
 
 
 def test_two_files_of_one_language_merge_and_conflicts_drop(tmp_path):
-    (tmp_path / "main_Translation-de").write_text(GOOD + "\n" + GOOD.replace("p\n", "q\n"), encoding="utf-8")
-    (tmp_path / "updates_Translation-de").write_text(GOOD + "\n" + GOOD.replace("p\n", "q\n").replace(" x", " y"),
+    (tmp_path / "main_Translation-de").write_text(GOOD + "\n" + GOOD.replace("pp\n", "qq\n"), encoding="utf-8")
+    (tmp_path / "updates_Translation-de").write_text(GOOD + "\n" + GOOD.replace("pp\n", "qq\n").replace(" x", " y"),
                                                      encoding="utf-8")
     found, conflicts = importers.read_language(str(tmp_path), "de")
-    assert list(found) == ["p"] and conflicts == 1
+    assert list(found) == ["pp"] and conflicts == 1
 
 
 def test_needle_index_equals_slow_search():
