@@ -3,6 +3,7 @@
     python data.py synth --out data/tiny --size tiny --seed 0   # write the synthetic benchmark (synth.py)
     python data.py check data/tiny                               # validate a data set, one-line summary
     python data.py show data/tiny --n 5                          # query / positive / hard negative per language
+    python data.py import ddtp --from DIR --langs de,ja --out DIR  # a real data set from Debian's files (importers.py)
 
 A data set is a directory in the BEIR layout:
     corpus.jsonl           {"_id", "title", "text"}             the pivot-language passages
@@ -374,11 +375,25 @@ def main(argv=None):
     a = sub.add_parser("show", help="print examples per language")
     a.add_argument("dir")
     a.add_argument("--n", type=int, default=5)
+    a = sub.add_parser("import", help="convert a public data set to this layout (importers.py)")
+    a.add_argument("source", choices=["ddtp"], help="ddtp: Debian's translated package descriptions")
+    a.add_argument("--from", dest="src", required=True, help="folder with Translation-en and Translation-<lang> files")
+    a.add_argument("--langs", required=True, help="query languages, comma-separated (de,fr,ja,...)")
+    a.add_argument("--zero-shot", default="", help="languages of --langs that get no training queries")
+    a.add_argument("--out", required=True)
+    a.add_argument("--size", choices=["cpu", "full"], default="cpu")
+    a.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     try:
         if args.cmd == "synth":
             import synth
             stats = synth.generate(args.out, args.size, args.seed)
+            print(f"wrote {args.out}: {stats['passages']} passages, {stats['queries']} queries")
+        elif args.cmd == "import":
+            sys.modules.setdefault("data", sys.modules[__name__])  # run as a script: importers' DataError is ours
+            import importers
+            split = lambda s: [x for x in s.split(",") if x]  # noqa: E731
+            stats = importers.ddtp(args.src, args.out, split(args.langs), split(args.zero_shot), args.size, args.seed)
             print(f"wrote {args.out}: {stats['passages']} passages, {stats['queries']} queries")
         elif args.cmd == "check":
             print(load(args.dir).summary())
