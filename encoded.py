@@ -10,6 +10,7 @@ Passages and queries are addressed by row: passage rows index ds.pids, `qrow[qid
 
 Shapes: N passages, Q queries, T tokens, C channels, k candidates per query.
 """
+import math
 import random
 from dataclasses import dataclass
 
@@ -100,6 +101,30 @@ class EncodedData:
         """[B, M] bool, True where candidate cand[j] (corpus rows, [M]) is a positive of qids[i]."""
         return torch.tensor([[c in self.pos[q] for c in cand.tolist()] for q in qids], device=DEVICE)
 
+    # ------------------------------------------------------------------------- what a training step draws
+
+    @staticmethod
+    def draw(gen, items, k):
+        """k items drawn with replacement."""
+        return [items[i] for i in torch.randint(len(items), (k,), generator=gen).tolist()]
+
+    def share_of_train(self, frac, seed):
+        """The first `frac` of each language's training queries, in a seeded order (the teachers' share, claim 1)."""
+        rng, qids = random.Random(seed), []
+        for lang in self.ds.languages():
+            qs = [q for q in self.train if self.ds.lang[q] == lang]
+            rng.shuffle(qs)
+            qids += qs[:math.ceil(frac * len(qs))]
+        return sorted(qids, key=self.qrow.get)
+
+    def ranking_batch(self, gen, qids, pool, B, n):
+        """B queries, each with its positive and n distinct negatives drawn from its pool row
+        -> (indices into qids [B], candidates [B, 1 + n] corpus rows, the positive in column 0)."""
+        b = torch.randint(len(qids), (B,), generator=gen)
+        pos = [self.positive(gen, qids[i]) for i in b.tolist()]
+        pick = torch.rand(B, pool.size(1), generator=gen).argsort(1)[:, :n]                 # n distinct per row
+        return b, torch.cat([torch.tensor(pos)[:, None], pool[b[:, None], pick]], 1)
+
     # ------------------------------------------------------------------------- rankings and hard negatives
 
     @torch.no_grad()
@@ -133,6 +158,14 @@ class EncodedData:
         no token with the query."""
         scores, ids = self.bm25().search(queries, min(k, len(self.P_tokens)))
         return ids.masked_fill(scores <= 0, -1)
+
+    def negative_pool(self, qids, size, seed, de=None):
+        """`size` hard negatives per query: from the DE's ranking when a DE is given, else from BM25's: [Q, size]."""
+        if de is None:
+            ranked = self.bm25_ranking(self.query_tokens(qids), size + POOL_SLACK)
+        else:
+            ranked = self.de_ranking(de, qids, size + POOL_SLACK)
+        return self.hard_negatives(qids, ranked, size, seed)
 
     def hard_negatives(self, qids, ranked, size, seed):
         """Per query the first `size` ranked passages that are not its positives: [Q, size]; when a ranking runs

@@ -147,11 +147,6 @@ def fit(cfg, out, name, model, steps, step, save_as, key=None):
     out.finish(name, model.eval(), save_as)
 
 
-def draw(gen, items, k):
-    """k items drawn with replacement."""
-    return [items[i] for i in torch.randint(len(items), (k,), generator=gen).tolist()]
-
-
 # ----------------------------------------------------------------------------- tokenizer and pre-training
 
 def stage_tokenizer(cfg, ds, out):
@@ -171,7 +166,7 @@ def stage_pretrain(cfg, d, out):
         enc = out.new_model(Encoder, model_config(cfg, d), cfg.seed)
 
         def step(gen):  # predict the picked tokens of [CLS] text from the corrupted input
-            ids, mask = pad_batch([[data.CLS] + toks for _, toks in draw(gen, texts, cfg.batch)])
+            ids, mask = pad_batch([[data.CLS] + toks for _, toks in d.draw(gen, texts, cfg.batch)])
             x, picked = data.mlm_mask(ids, mask, cfg.mlm_prob, enc.cfg.vocab_size, gen)
             ids, x, mask, picked = (v.to(DEVICE) for v in (ids, x, mask, picked))
             h = enc(x, mask)[picked]                                                   # [n, C]
@@ -181,7 +176,7 @@ def stage_pretrain(cfg, d, out):
         qg = out.new_model(QueryGenerator, model_config(cfg, d), cfg.seed, "pretrain.pt")
 
         def step(gen):  # input [P] + corrupted text, target <2l> [MASK] span [MASK] span ... [EOS]
-            batch = draw(gen, texts, cfg.batch)
+            batch = d.draw(gen, texts, cfg.batch)
             src, tgt = zip(*(data.span_corrupt(toks, cfg.noise, gen) for _, toks in batch))
             tgt = [[d.tag[lang]] + spans + [data.EOS] for (lang, _), spans in zip(batch, tgt)]
             return qg.loss(*pad_on_device([[data.P] + s for s in src]), *pad_on_device(tgt)), {}
@@ -215,54 +210,29 @@ def train_de(cfg, d, out, name, init, q_ids, q_mask, qids, pool):
 def stage_de(cfg, d, out):
     """Round 1 with BM25's negatives, round 2 (from round 1) with the round-1 DE's own: the warm DE."""
     if out.todo("de", "de_bm25.pt"):
-        ranked = d.bm25_ranking(d.query_tokens(d.train), cfg.pool + POOL_SLACK)
-        pool = d.hard_negatives(d.train, ranked, cfg.pool, cfg.seed)
+        pool = d.negative_pool(d.train, cfg.pool, cfg.seed)
         train_de(cfg, d, out, "de_bm25", "pretrain.pt", *d.de_queries(d.train), d.train, pool)
     if out.todo("de", "de.pt"):
-        ranked = d.de_ranking(out.load_model(DualEncoder, "de_bm25.pt"), d.train, cfg.pool + POOL_SLACK)
-        pool = d.hard_negatives(d.train, ranked, cfg.pool, cfg.seed)
+        pool = d.negative_pool(d.train, cfg.pool, cfg.seed, out.load_model(DualEncoder, "de_bm25.pt"))
         train_de(cfg, d, out, "de", "de_bm25.pt", *d.de_queries(d.train), d.train, pool)
 
 
 # ----------------------------------------------------------------------------- the teachers (METHOD.md 2, 3)
 
-def teacher_queries(cfg, d):
-    """The training queries the teachers see: the first teacher_frac of each language's, in a seeded order."""
-    rng, qids = random.Random(cfg.seed), []
-    for lang in d.ds.languages():
-        qs = [q for q in d.train if d.ds.lang[q] == lang]
-        rng.shuffle(qs)
-        qids += qs[:math.ceil(cfg.teacher_frac * len(qs))]
-    return sorted(qids, key=d.qrow.get)
-
-
 def teacher_pool(cfg, d, out, qids):
     """Negatives the teachers train on: the warm DE's top passages, or BM25's (cfg.teacher_negatives)."""
-    if cfg.teacher_negatives == "bm25":
-        ranked = d.bm25_ranking(d.query_tokens(qids), cfg.pool + POOL_SLACK)
-    else:
-        ranked = d.de_ranking(out.load_model(DualEncoder, "de.pt"), qids, cfg.pool + POOL_SLACK)
-    return d.hard_negatives(qids, ranked, cfg.pool, cfg.seed)
-
-
-def ranking_batch(cfg, d, gen, qids, pool):
-    """cfg.rank_batch queries, each with its positive and rank_negs distinct negatives drawn from its pool row
-    -> (indices into qids [B], candidates [B, 1 + rank_negs] corpus rows, the positive in column 0)."""
-    B, n = cfg.rank_batch, cfg.rank_negs
-    b = torch.randint(len(qids), (B,), generator=gen)
-    pos = [d.positive(gen, qids[i]) for i in b.tolist()]
-    pick = torch.rand(B, pool.size(1), generator=gen).argsort(1)[:, :n]                   # n distinct per row
-    return b, torch.cat([torch.tensor(pos)[:, None], pool[b[:, None], pick]], 1)
+    de = out.load_model(DualEncoder, "de.pt") if cfg.teacher_negatives == "de" else None
+    return d.negative_pool(qids, cfg.pool, cfg.seed, de)
 
 
 def stage_qg(cfg, d, out):
     """Generation training on (q, p+) pairs in every language, then the ranking fine-tune L_qgrank."""
-    qids = teacher_queries(cfg, d)
+    qids = d.share_of_train(cfg.teacher_frac, cfg.seed)
     if out.todo("qg", "qg_gen.pt"):
         qg = out.new_model(QueryGenerator, model_config(cfg, d), cfg.seed, "qg_pretrain.pt")
 
         def step(gen):
-            batch = draw(gen, qids, cfg.batch)
+            batch = d.draw(gen, qids, cfg.batch)
             pos = [d.positive(gen, q) for q in batch]
             return qg.loss(*d.passages(pos), *d.qg_targets(batch)), {}
         fit(cfg, out, "qg_gen", qg, cfg.qg_steps, step, "qg_gen.pt")
@@ -271,7 +241,7 @@ def stage_qg(cfg, d, out):
         pool = teacher_pool(cfg, d, out, qids)
 
         def step(gen):
-            b, cand = ranking_batch(cfg, d, gen, qids, pool)
+            b, cand = d.ranking_batch(gen, qids, pool, cfg.rank_batch, cfg.rank_negs)
             r = d.qg_scores(qg, d.qg_targets([qids[i] for i in b.tolist()]), cand)             # [B, 1+n]
             loss = losses.qg_rank_loss(r, -r[:, 0].mean(), tau_r=cfg.tau_r, lambda_gen=cfg.lambda_gen)
             return loss, {"acc": (r.argmax(1) == 0).float().mean().item()}
@@ -280,12 +250,12 @@ def stage_qg(cfg, d, out):
 
 def stage_ce(cfg, d, out):
     """The cross-encoder teacher: L_cerank over the positive and the same kind of negatives as the QG's."""
-    qids = teacher_queries(cfg, d)
+    qids = d.share_of_train(cfg.teacher_frac, cfg.seed)
     if out.todo("ce", "ce.pt"):
         ce, pool = out.new_model(CrossEncoder, model_config(cfg, d), cfg.seed, "pretrain.pt"), teacher_pool(cfg, d, out, qids)
 
         def step(gen):
-            b, cand = ranking_batch(cfg, d, gen, qids, pool)
+            b, cand = d.ranking_batch(gen, qids, pool, cfg.rank_batch, cfg.rank_negs)
             c = ce(*d.ce_pairs([qids[i] for i in b.tolist()], cand)).view(cand.shape)           # [B, 1+n]
             return losses.rank_loss(c), {"acc": (c.argmax(1) == 0).float().mean().item()}
         fit(cfg, out, "ce", ce, cfg.ce_steps, step, "ce.pt")
