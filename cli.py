@@ -14,8 +14,9 @@ allowed values are written:
     cfg = config_from_args(ap.parse_args(), Config(**preset))   # given flags replace the preset's; all checked
 
 A comment may end with `in [lo, hi]` (brackets as in mathematics: `(` excludes, `inf` allowed) or `one of {a, b}`;
-a float must be finite. Booleans accept true/false, yes/no, 1/0 and nothing else. Every problem is a FlagError
-with one line that names the flag.
+a float must be finite, an int below 2**31 (seeds and sizes reach torch as 64-bit integers, some multiplied).
+Booleans accept true/false, yes/no, 1/0 and nothing else. Every problem is a FlagError with one line that names the
+flag.
 """
 import argparse
 import dataclasses
@@ -29,6 +30,7 @@ from outdir import Stop, log
 
 RANGE = re.compile(r"in ([\[(])([^,]+), ([^\])]+)([\])])$")
 CHOICES = re.compile(r"one of \{(.*)\}$")
+INT_LIMIT = 2 ** 31
 
 
 class FlagError(ValueError):
@@ -82,6 +84,8 @@ def problem(value, comment):
     """What is wrong with `value` against the range or choices its comment states, or None."""
     if isinstance(value, float) and not math.isfinite(value):
         return "must be a finite number"
+    if isinstance(value, int) and abs(value) >= INT_LIMIT:
+        return f"must be below {INT_LIMIT}"
     if m := CHOICES.search(comment):
         allowed = [a.strip() for a in m.group(1).split(",")]
         return None if value in allowed else f"choose from {', '.join(allowed)}"
@@ -120,7 +124,7 @@ def parse_args(argv, doc, config_cls, presets, stage_names, synth_size):
     ap.add_argument("--stages", default=",".join(stage_names), help=f"comma-separated, any of {','.join(stage_names)}")
     ap.add_argument("--threads", type=int, help="CPU threads (default: torch's, one per core)")
     ap.add_argument("--encode", metavar="CKPT", help="only search: a DE saved by a run (its folder gives the tokenizer "
-                    "and config) over --data's corpus, for the queries of --split")
+                    "and config) over --data's corpus, the top --eval-k for each query of --split")
     ap.add_argument("--split", default="test", help="with --encode: the queries to search")
     ap.add_argument("--run", default="run.trec", help="with --encode: the TREC run to write")
     add_config_flags(ap, config_cls)
@@ -137,10 +141,36 @@ def parse_args(argv, doc, config_cls, presets, stage_names, synth_size):
     return args, cfg, stages
 
 
-def run_stages(stages, selected, cfg, d, out):
-    """Run the selected stages in table order. A stage the data set cannot feed is skipped with its reason
-    (d.lacks); a stage whose input is missing stops the run, naming the stage that makes it."""
+def write_synth(path, size):
+    """The synthetic benchmark of `size` at `path` (train.py's default --data), written whole or not at all."""
+    import shutil
+    import synth
+    shutil.rmtree(path + ".tmp", ignore_errors=True)
+    try:
+        synth.generate(path + ".tmp", size, 0)
+        os.replace(path + ".tmp", path)
+    finally:
+        shutil.rmtree(path + ".tmp", ignore_errors=True)
+    print(f"wrote the {size} synthetic benchmark to {path}")
+
+
+def check_inputs(stages, selected, lacks, out):
+    """Before any stage runs: every input of a selected stage that the data set can feed (`lacks(name)` is None) is
+    in the run folder `out` or made by such a stage before it; else stop, naming the stage to add."""
     maker = {name: s.name for s in stages for name in s.makes}
+    made = set()
+    for stage in stages:
+        if stage.name not in selected or lacks(stage.name):
+            continue
+        for name in stage.needs:
+            if name not in made and not out.exists(name):
+                raise Stop(f"{out.path(name)}: not found; stage {stage.name} needs it: add stage {maker[name]} to --stages")
+        made.update(stage.makes)
+
+
+def run_stages(stages, selected, cfg, d, out):
+    """Run the selected stages in table order (check_inputs has found their inputs). A stage the data set cannot
+    feed is skipped with its reason (d.lacks)."""
     times, t_all = {}, time.time()
     for stage in stages:
         if stage.name not in selected:
@@ -148,9 +178,6 @@ def run_stages(stages, selected, cfg, d, out):
         if why := d.lacks(stage.name):
             log(stage.name, f"skipped: {why}")
             continue
-        for name in stage.needs:
-            if not out.exists(name):
-                raise Stop(f"{out.path(name)}: not found; stage {stage.name} needs it: add stage {maker[name]} to --stages")
         t0 = time.time()
         stage.run(cfg, d, out)
         times[stage.name] = time.time() - t0

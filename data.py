@@ -387,7 +387,10 @@ def main(argv=None):
     try:
         if args.cmd == "synth":
             import synth
-            stats = synth.generate(args.out, args.size, args.seed)
+            try:
+                stats = synth.generate(args.out, args.size, args.seed)
+            except OSError as e:  # --out is a file, or under one
+                raise DataError(f"{e.filename}: cannot write ({e.strerror}) (--out)") from None
             print(f"wrote {args.out}: {stats['passages']} passages, {stats['queries']} queries")
         elif args.cmd == "import":
             sys.modules.setdefault("data", sys.modules[__name__])  # run as a script: importers' DataError is ours

@@ -6,7 +6,6 @@ import dataclasses
 import json
 import os
 
-import data
 import evaluate
 import search
 from encoded import EncodedData
@@ -41,7 +40,7 @@ def stage_eval(cfg, d, out):
     summary = {"config": dataclasses.asdict(cfg), "data": ds.root, "split": split, "systems": results[split],
                "dev": results.get("dev", {}), "hybrid": hybrid}
     out.write_text("results.json", json.dumps(summary, indent=1) + "\n")
-    teachers = json.load(open(out.path("teachers.json"))) if out.exists("teachers.json") else None
+    teachers = out.read_json("teachers.json", "JSON") if out.exists("teachers.json") else None
     out.write_text("results.md", results_markdown(cfg, d, results[split], metrics, split, teachers, hybrid))
     print(open(out.path("results.md"), encoding="utf-8").read())
 
@@ -113,18 +112,31 @@ def results_markdown(cfg, d, systems, metrics, split, teachers, hybrid):
     return "\n".join(lines)
 
 
-def encode_only(ckpt, ds, split, run_path):
-    """--encode: a TREC run of one split's queries with a saved DE, tokenised as in the run that trained it (its
-    folder's config.json and tokenizer.json)."""
-    out = OutDir(os.path.dirname(os.path.abspath(ckpt)))
-    for path in (ckpt, out.path("config.json"), out.path("tokenizer.json")):
+def encode_only(ckpt, ds, split, run_path, k, makers=None):
+    """--encode: a TREC run of one split's queries, the top k passages of each, with a saved DE, tokenised as in the
+    run that trained it (its folder's config.json and tokenizer.json). Every input is checked before the search."""
+    if not os.path.isfile(ckpt):
+        raise Stop(f"{ckpt}: {'not a file' if os.path.exists(ckpt) else 'not found'} (--encode takes a checkpoint in "
+                   "the output folder of a run)")
+    out = OutDir(os.path.dirname(os.path.abspath(ckpt)), makers)
+    for path in (out.path("config.json"), out.path("tokenizer.json")):
         if not os.path.exists(path):
             raise Stop(f"{path}: not found (--encode takes a checkpoint in the output folder of a run)")
     if split not in ds.qrels:
         raise Stop(f"{ds.root}/qrels/{split}.tsv: not found (--split)")
-    made = json.load(open(out.path("config.json")))
-    d = EncodedData(ds, data.load_tokenizer(out.path("tokenizer.json")), made["max_len_q"], made["max_len_p"], made["pivot"])
+    folder = os.path.dirname(os.path.abspath(run_path))
+    if os.path.isdir(run_path) or not os.path.isdir(folder):
+        raise Stop(f"{run_path}: {'a folder' if os.path.isdir(run_path) else f'no folder {folder}'} (--run names the file to write)")
+    made = out.settings()
+    if missing := [key for key in ("max_len_q", "max_len_p", "pivot") if key not in made]:
+        raise Stop(f"{out.path('config.json')}: no {missing[0]!r} setting")
+    de = out.load_model(DualEncoder, os.path.abspath(ckpt))
+    d = EncodedData(ds, out.load_tokenizer(), made["max_len_q"], made["max_len_p"], made["pivot"])
     qids = list(ds.qrels[split])
-    scores, ids = d.retrieve(made["eval_k"], out.load_model(DualEncoder, os.path.abspath(ckpt)), {split: qids})[split]
-    search.write_trec(run_path, qids, ds.pids, scores.cpu(), ids.cpu(), os.path.basename(ckpt))
+    scores, ids = d.retrieve(k, de, {split: qids})[split]
+    tag = "_".join(os.path.basename(ckpt).split())  # a TREC run's tag is one word
+    try:
+        search.write_trec(run_path, qids, ds.pids, scores.cpu(), ids.cpu(), tag)
+    except OSError as e:
+        raise Stop(f"{run_path}: cannot write ({e.strerror}) (--run)") from None
     print(f"wrote {run_path}")

@@ -348,6 +348,9 @@ def main(argv=None):
     ap.add_argument("--tag", default="dense", help="run tag, the 6th column")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = ap.parse_args(argv)
+    if args.threads < 0:
+        print(f"error: --threads {args.threads}: must be 0 (torch's default) or more", file=sys.stderr)
+        return 1
     if args.threads:
         torch.set_num_threads(args.threads)
     try:

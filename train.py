@@ -122,6 +122,8 @@ def fit(cfg, out, name, model, steps, step, save_as, key=None):
     cfg.ckpt_every steps `<name>.partial.pt`, from which a restarted run resumes to the same weights as an
     uninterrupted one (on a CPU; CUDA kernels are not bitwise deterministic). `key` seeds the batches and dropout
     (default: the name): stages with one key draw the same batches, so two students differ by their losses only.
+    A loss that is not finite stops the run and drops the partial state too: its weights may already be on the way
+    (an infinite gradient makes them NaN a step before the loss shows it), and the same settings diverge again.
     """
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     seed = cfg.seed * 1000 + sum(map(ord, key or name))
@@ -141,7 +143,11 @@ def fit(cfg, out, name, model, steps, step, save_as, key=None):
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        progress.tick(i + 1, steps, f" loss {loss.item():.4f}" + "".join(f" {k} {v:.3f}" for k, v in logs.items()))
+        if not math.isfinite(value := loss.item()):
+            out.drop(f"{name}.partial.pt")
+            raise Stop(f"stage {name}: the loss is {value} at step {i + 1}; nothing was saved for this stage "
+                       "(a lower --lr, in a new --out?)")
+        progress.tick(i + 1, steps, f" loss {value:.4f}" + "".join(f" {k} {v:.3f}" for k, v in logs.items()))
         if (i + 1) % cfg.ckpt_every == 0 and i + 1 < steps:
             out.save_progress(name, model, opt, gen, i + 1)
     out.finish(name, model.eval(), save_as)
@@ -432,6 +438,11 @@ STAGES = [  # in pipeline order, after the tokenizer; run by cli.run_stages, whi
 NAMES = ["tokenizer"] + [s.name for s in STAGES]
 
 
+# Settings that change nothing trained (a resumed stage is exact whatever ckpt_every): left out of a run folder's
+# fingerprint (OutDir.claim), so later runs in the folder may change them.
+UNTRAINED = {"eval_k", "log_every", "ckpt_every"}
+
+
 def check_config(cfg):
     """The rules between fields (each field's own range is checked by cli.check, from its comment)."""
     for ok, problem in [(cfg.dim % cfg.n_heads == 0, "--dim must be a multiple of --n-heads"),
@@ -441,33 +452,50 @@ def check_config(cfg):
             raise Stop(problem)
 
 
+def check_corpus(cfg, ds, root):
+    """Every query's candidates come from the corpus: it must hold --pool (or --kd-k) passages beyond its positives."""
+    most = max(sum(s > 0 for s in rel.values()) for split in ds.qrels.values() for rel in split.values())
+    need = max(cfg.pool, cfg.kd_k) + most
+    if len(ds.pids) < need:
+        raise Stop(f"{root}/corpus.jsonl:0: {len(ds.pids)} passages; --pool and --kd-k need {need}")
+
+
 def main(argv=None):
+    """Every problem a user can cause (flag, data set, run folder, a file in it, a diverging loss) ends as one line
+    `error: ...` and exit status 1 before anything is written for it; Ctrl-C ends with status 130, and running the
+    same command again resumes."""
+    makers = {"tokenizer.json": "tokenizer", **{name: s.name for s in STAGES for name in s.makes}}
     try:
         args, cfg, stages = cli.parse_args(argv, __doc__, Config, PRESETS, NAMES, SYNTH_SIZE)
         check_config(cfg)
         if args.threads:
             torch.set_num_threads(args.threads)
         if args.synth and not os.path.exists(args.data):
-            import synth
-            synth.generate(args.data + ".tmp", SYNTH_SIZE[args.preset], 0)
-            os.replace(args.data + ".tmp", args.data)
-            print(f"wrote the {SYNTH_SIZE[args.preset]} synthetic benchmark to {args.data}")
+            cli.write_synth(args.data, SYNTH_SIZE[args.preset])
         ds = data.load(args.data)
         if args.encode:
-            return encode_only(args.encode, ds, args.split, args.run) or 0
-        os.makedirs(args.out, exist_ok=True)
-        out = OutDir(args.out)
-        out.claim({"data": os.path.abspath(args.data), **dataclasses.asdict(cfg)})
+            return encode_only(args.encode, ds, args.split, args.run, cfg.eval_k, makers) or 0
+        check_corpus(cfg, ds, args.data)
+        out = OutDir.create(args.out, makers)
+        out.claim(args.data, {k: v for k, v in dataclasses.asdict(cfg).items() if k not in UNTRAINED})
+        out.tidy()
+        if out.exists("tokenizer.json"):
+            out.load_tokenizer()
         print(ds.summary())
         print("config: " + " ".join(f"{k}={v}" for k, v in dataclasses.asdict(cfg).items()), flush=True)
         d = stage_tokenizer(cfg, ds, out)  # always: every other stage reads the data set as it tokenises it
-        need = max(cfg.pool, cfg.kd_k) + max(map(len, d.pos.values()))
-        if len(ds.pids) < need:
-            raise Stop(f"{args.data}/corpus.jsonl:0: {len(ds.pids)} passages; --pool and --kd-k need {need}")
+        try:
+            cli.check_inputs(STAGES, stages, d.lacks, out)
+        except Stop:
+            out.remove_if_new()  # the folder this run made holds nothing trained yet: leave none behind
+            raise
         cli.run_stages(STAGES, stages, cfg, d, out)
     except (Stop, cli.FlagError, data.DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("interrupted: run the same command again to resume", file=sys.stderr)
+        return 130
     return 0
 
 
