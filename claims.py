@@ -73,7 +73,7 @@ def teacher_variant(flags, root, neg, frac):
     out, ds = OutDir(sub), data.load(args.data)
     d = train.stage_tokenizer(cfg, ds, out)
     scorers = [out.load_model(DualEncoder, "de.pt"), out.load_model(QueryGenerator, "qg.pt"), out.load_model(CrossEncoder, "ce.pt")]
-    rates = train.teacher_rates(cfg, d, scorers, [q for q in ds.qrels["dev"] if d.pos[q]])
+    rates = d.teacher_rates(*scorers, [q for q in ds.qrels["dev"] if d.pos[q]], cfg.kd_k, cfg.seed, cfg.log_every)
     atomic_write(done, json.dumps(rates, indent=1) + "\n")
     return rates
 

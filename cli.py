@@ -182,3 +182,11 @@ def run_stages(stages, selected, cfg, d, out):
         stage.run(cfg, d, out)
         times[stage.name] = time.time() - t0
     print("time per stage: " + ", ".join(f"{s} {t:.0f}s" for s, t in times.items()) + f"; total {time.time() - t_all:.0f}s")
+
+
+def check_corpus(cfg, ds, root):
+    """Every query's candidates come from the corpus: it must hold --pool (or --kd-k) passages beyond its positives."""
+    most = max(sum(s > 0 for s in rel.values()) for split in ds.qrels.values() for rel in split.values())
+    need = max(cfg.pool, cfg.kd_k) + most
+    if len(ds.pids) < need:
+        raise Stop(f"{root}/corpus.jsonl:0: {len(ds.pids)} passages; --pool and --kd-k need {need}")

@@ -15,6 +15,7 @@ import random
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 import data
 import search
@@ -24,6 +25,7 @@ from outdir import DEVICE, Progress, autocast, log
 NO_LIMIT = 1 << 30   # a max_len that keeps every token (BM25 reads whole passages)
 EMBED_BATCH = 256    # sequences per DE forward pass when embedding
 SCORE_CHUNK = 16     # queries per teacher-scoring call (each with its 1 + K candidates)
+GEN_CHUNK = 64       # passages per generation call
 POOL_SLACK = 5       # a ranking fetches this many passages beyond those it keeps: room for the positives it drops
 
 
@@ -68,6 +70,15 @@ class EncodedData:
         self.pos = {q: [row[p] for p, s in rel.items() if s > 0] for split in ds.qrels.values() for q, rel in split.items()}
         self.train = [q for q in ds.qrels.get("train", {}) if self.pos[q]]                # queries with a positive
         self._bm25 = None
+
+    @classmethod
+    def tokenized(cls, ds, out, vocab_size, max_len_q, max_len_p, pivot):
+        """The data set tokenised by out's tokenizer.json, which is trained first when it is missing."""
+        if out.todo("tokenizer", "tokenizer.json"):
+            tok = data.train_tokenizer(data.tokenizer_texts(ds), ds.languages() + [pivot] + list(ds.unlabelled), vocab_size)
+            out.write_text("tokenizer.json", tok.to_str(pretty=True))
+            log("tokenizer", f"{tok.get_vocab_size()} tokens")
+        return cls(ds, out.load_tokenizer(), max_len_q, max_len_p, pivot)
 
     def rows(self, qids):
         """Row of each query in the query matrices."""
@@ -198,6 +209,32 @@ class EncodedData:
         device -> [Q, k]. Each distinct passage of the batch is encoded once."""
         uniq, inv = cand.unique(return_inverse=True)
         return qg.score(*self.passages(uniq), *tgt, inv.to(DEVICE))
+
+    def written_targets(self, langs, tokens):
+        """<2l> q' [EOS] of written queries (lists of token ids in languages `langs`): ids, mask [n, T] on the CPU."""
+        return pad_batch([[self.tag.get(x, data.UNK)] + toks + [data.EOS] for x, toks in zip(langs, tokens)])
+
+    def write_queries(self, qg, rows, langs, max_len, temperature, no_repeat, seed, log_every):
+        """The QG's query for each passage row rows[i] in language langs[i] (greedy, or sampled from one seeded
+        stream), never a special token but [EOS] nor a language tag, at most max_len tokens -> lists of token ids."""
+        g, tags = torch.Generator().manual_seed(seed), torch.tensor([self.tag[x] for x in langs], dtype=torch.long)
+        banned = [t for t in range(data.EOS)] + sorted(t for t in self.tag.values() if t is not None)
+
+        def write(s):
+            ids, mask = qg.generate(*self.passages(rows[s]), tags[s].to(DEVICE), max_len, data.EOS, temperature, 0, g,
+                                    banned=banned, no_repeat=no_repeat)
+            return F.pad(ids.masked_fill(~mask, data.PAD), (0, max_len - ids.size(1)))
+        written = self.chunked(log_every, "align", len(rows), GEN_CHUNK, write)             # [n, max_len]
+        return [[tok for tok in row if tok != data.PAD] for row in written.tolist()]
+
+    def teacher_rates(self, de, qg, ce, qids, k, seed, log_every):
+        """How well each scorer (warm DE, QG, CE) ranks the queries' C(q): p+ in the top 1 and top 5, reading the
+        real query and reading another query of its language (a teacher that reads a prior of the candidates, not
+        the query, keeps its rate there; chance is 1 / (1 + k) for the top 1)."""
+        real = self.score_candidates(de, qg, ce, qids, k, seed, log_every)
+        blind = self.score_candidates(de, qg, ce, qids, k, seed, log_every, self.others_of_same_language(qids, seed))
+        return {"top1": self.top_rate(real), "top5": self.top_rate(real, 5), "blind_top1": self.top_rate(blind),
+                "blind_top5": self.top_rate(blind, 5)}
 
     def eval_splits(self):
         """{split: query ids} of dev and test, where they exist and judge some passage relevant."""

@@ -136,12 +136,14 @@ class QueryGenerator(nn.Module):
 
     @torch.no_grad()
     def generate(self, p_ids, p_mask, lang_ids, max_new_tokens, eos_id, temperature=0.0, top_k=0, generator=None,
-                 use_cache=True):
+                 use_cache=True, banned=(), no_repeat=0):
         """Write one query per passage: p [B, Tp], lang_ids [B] (the <2l> tag of each row's target language).
 
         Returns ids [B, T] long, mask [B, T] bool: the tokens after the tag, [EOS] excluded, right-padded with
-        pad_id (T <= max_new_tokens). The pad token is never generated. use_cache=False recomputes the whole
-        prefix at every step (the slow reference the cache is tested against).
+        pad_id (T <= max_new_tokens). Neither the pad token nor any id in `banned` (e.g. the other special tokens
+        and the language tags) is ever generated; with no_repeat = n > 0 no n-gram occurs twice in a row's query
+        (a token that would complete an n-gram already written is excluded: `wasi wasi wasi` cannot happen with n = 2).
+        use_cache=False recomputes the whole prefix at every step (the slow reference the cache is tested against).
         """
         B, pad = p_ids.size(0), self.cfg.pad_id
         memory = self.encode(p_ids, p_mask)  # [B, Tp, C]
@@ -152,7 +154,14 @@ class QueryGenerator(nn.Module):
         for _ in range(max_new_tokens):
             x = tgt[:, -1:] if use_cache else tgt
             logits = self.decode(memory, p_mask, x, torch.ones_like(x, dtype=torch.bool), cache)[:, -1]  # [B, V]
-            logits[:, pad] = float("-inf")
+            logits[:, [pad, *banned]] = float("-inf")
+            if no_repeat:
+                for b, row in enumerate(tgt[:, 1:].tolist()):  # the row's tokens so far, the tag excluded
+                    prefix = tuple(row[len(row) - no_repeat + 1:]) if no_repeat > 1 else ()
+                    if len(row) >= no_repeat:
+                        seen = [row[i + no_repeat - 1] for i in range(len(row) - no_repeat + 1)
+                                if tuple(row[i:i + no_repeat - 1]) == prefix]
+                        logits[b, seen] = float("-inf")
             nxt = sample(logits, temperature, top_k, generator)  # [B]
             keep = alive & (nxt != eos_id)
             ids.append(nxt.masked_fill(~keep, pad))

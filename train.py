@@ -17,7 +17,7 @@ import math
 import os
 import random
 import sys
-from collections import namedtuple
+from collections import Counter, namedtuple
 from dataclasses import dataclass
 
 import torch
@@ -32,7 +32,6 @@ from outdir import DEVICE, OutDir, Progress, Stop, autocast, log
 from report import encode_only, stage_eval
 from teacher import CrossEncoder, QueryGenerator
 
-GEN_CHUNK = 64     # passages per generation call
 
 
 @dataclass
@@ -79,6 +78,10 @@ class Config:
     align: str = "dist"          # alignment loss, one of {dist, kd, emb}
     beta: float = 1.0            # weight of the alignment loss, in [0, inf)
     gen_temperature: float = 0.0  # QG sampling temperature for generated queries (0 = greedy), in [0, inf)
+    gen_no_repeat: int = 0       # a written query repeats no n-gram of this length (0 = off), in [0, inf)
+    align_to: str = "any"        # language of a written query: any other, or a lower-resource trained one, one of {any, down}
+    align_detach: bool = False   # the alignment term sends no gradient into the passage embeddings
+    round_trip: bool = False     # keep a written query only where the QG ranks its passage first among C(q)
     gamma: float = 1.0           # weight of DR.DECR's token-level representation KD, in [0, inf)
     mlm_prob: float = 0.15       # share of tokens masked in MLM pre-training, in (0, 1]
     noise: float = 0.3           # share of tokens dropped in spans by the QG's denoising pre-training, in (0, 1)
@@ -156,13 +159,8 @@ def fit(cfg, out, name, model, steps, step, save_as, key=None):
 # ----------------------------------------------------------------------------- tokenizer and pre-training
 
 def stage_tokenizer(cfg, ds, out):
-    """WordPiece on the data set's own text, one <2l> tag per language -> the EncodedData every later stage reads."""
-    if out.todo("tokenizer", "tokenizer.json"):
-        langs = ds.languages() + [cfg.pivot] + list(ds.unlabelled)
-        tok = data.train_tokenizer(data.tokenizer_texts(ds), langs, cfg.vocab_size)
-        out.write_text("tokenizer.json", tok.to_str(pretty=True))
-        log("tokenizer", f"{tok.get_vocab_size()} tokens")
-    return EncodedData(ds, data.load_tokenizer(out.path("tokenizer.json")), cfg.max_len_q, cfg.max_len_p, cfg.pivot)
+    """WordPiece on the data set's own text, a <2l> tag per language (tokenizer.json) -> the EncodedData of later stages."""
+    return EncodedData.tokenized(ds, out, cfg.vocab_size, cfg.max_len_q, cfg.max_len_p, cfg.pivot)
 
 
 def stage_pretrain(cfg, d, out):
@@ -258,7 +256,8 @@ def stage_ce(cfg, d, out):
     """The cross-encoder teacher: L_cerank over the positive and the same kind of negatives as the QG's."""
     qids = d.share_of_train(cfg.teacher_frac, cfg.seed)
     if out.todo("ce", "ce.pt"):
-        ce, pool = out.new_model(CrossEncoder, model_config(cfg, d), cfg.seed, "pretrain.pt"), teacher_pool(cfg, d, out, qids)
+        ce = out.new_model(CrossEncoder, model_config(cfg, d), cfg.seed, "pretrain.pt")
+        pool = teacher_pool(cfg, d, out, qids)
 
         def step(gen):
             b, cand = d.ranking_batch(gen, qids, pool, cfg.rank_batch, cfg.rank_negs)
@@ -281,8 +280,9 @@ def distil(cfg, d, out, name, c, t_scores, alpha=None, aligned=None, pivot=None)
     """A copy of the warm DE trained on the training queries' C(q) (Candidates c) with
         L = L_ce + alpha L_kd  [+ beta L_align]  [+ gamma L_tok]
     L_ce: the contrastive loss over every candidate of the batch; L_kd: KL from the teacher's t_scores [Q, 1+K] to
-    the student over each query's own C(q); alpha defaults to cfg.alpha. aligned = (ids, mask, scores, tau) adds the alignment term on the
-    QG-written queries q' (one per training query, DE form; scores/tau: the teacher on C(q) for q', align=kd only).
+    the student over each query's own C(q); alpha defaults to cfg.alpha. aligned = (ids, mask, scores, tau, keep)
+    adds the alignment term on the QG-written queries q' (one row per training query, DE form; scores and tau: the
+    teacher on C(q) reading q', align kd only; keep [Q] bool: the rows that have a q').
     pivot = (pivot DE, ids, mask) adds DR.DECR's token-level KD from the pivot DE reading the translations."""
     q_ids, q_mask = d.de_queries(c.qids)
     alpha = cfg.alpha if alpha is None else alpha
@@ -304,17 +304,21 @@ def distil(cfg, d, out, name, c, t_scores, alpha=None, aligned=None, pivot=None)
         l_kd = losses.kd_loss(own, t_scores[b].to(DEVICE), tau_s=cfg.tau_s, tau_t=tau_t)
         loss, logs = l_ce + alpha * l_kd, {"ce": l_ce.item(), "kd": l_kd.item(), "acc": acc.item()}
         if aligned:  # METHOD.md 5: the student treats q and the QG-written q' (same passage, other language) alike
-            g_ids, g_mask, g_scores, g_tau = aligned
+            g_ids, g_mask, g_scores, g_tau, g_keep = aligned
+            k = g_keep[b].to(DEVICE)                                                          # [B] rows with a q'
             eg = de.encode(*batch_rows(g_ids, g_mask, b))                                     # [B, C] e(q')
-            if cfg.align == "emb":  # q'_i against every q_j of the batch; q_j about the same passage is masked
+            if not k.any():
+                l_a = torch.zeros((), device=DEVICE)
+            elif cfg.align == "emb":  # q'_i against every q_j of the batch; q_j about the same passage is masked
                 pos = c.cand[b, 0]
                 mask = (pos[:, None] != pos[None, :]).to(DEVICE) | torch.eye(B, dtype=torch.bool, device=DEVICE)
-                l_a = losses.align_emb_loss(de.pool(hq, qm), eg, cfg.tau, mask)
+                l_a = losses.align_emb_loss(de.pool(hq, qm)[k], eg[k], cfg.tau, mask[k][:, k])
             else:
+                pc = p.view(B, M, -1).detach() if cfg.align_detach else p.view(B, M, -1)     # [B, M, C]
                 with torch.autocast(DEVICE.type, enabled=False):
-                    s_g = torch.einsum("bc,bmc->bm", eg.float(), p.view(B, M, -1).float())  # [B, M] s(q', C(q))
-                l_a = (losses.align_dist_loss(own, s_g, tau=cfg.tau_s) if cfg.align == "dist" else
-                       losses.kd_loss(s_g, g_scores[b].to(DEVICE), tau_s=cfg.tau_s, tau_t=g_tau))
+                    s_g = torch.einsum("bc,bmc->bm", eg.float(), pc.float())                 # [B, M] s(q', C(q))
+                l_a = (losses.align_dist_loss(own[k], s_g[k], tau=cfg.tau_s) if cfg.align == "dist" else
+                       losses.kd_loss(s_g[k], g_scores[b].to(DEVICE)[k], tau_s=cfg.tau_s, tau_t=g_tau))
             loss, logs["align"] = loss + cfg.beta * l_a, l_a.item()
         if pivot:  # METHOD.md 6: the student's query token states regress onto the pivot DE's on the translation
             pivot_de, t_ids, t_mask = pivot
@@ -327,30 +331,21 @@ def distil(cfg, d, out, name, c, t_scores, alpha=None, aligned=None, pivot=None)
     fit(cfg, out, name, de, cfg.kd_steps, step, f"{name}.pt", key="distil")
 
 
-def teacher_rates(cfg, d, scorers, qids):
-    """How well each scorer (warm DE, QG, CE) ranks the queries' C(q): p+ in the top 1 and top 5, reading the real
-    query and reading another query of its language (a teacher that reads a prior of the candidates, not the
-    query, keeps its rate there; chance is 1 / (1 + kd_k) for the top 1)."""
-    real = d.score_candidates(*scorers, qids, cfg.kd_k, cfg.seed, cfg.log_every)
-    blind = d.score_candidates(*scorers, qids, cfg.kd_k, cfg.seed, cfg.log_every, d.others_of_same_language(qids, cfg.seed))
-    return {"top1": d.top_rate(real), "top5": d.top_rate(real, 5), "blind_top1": d.top_rate(blind),
-            "blind_top5": d.top_rate(blind, 5)}
-
-
 def stage_teach(cfg, d, out):
     """C(q) of every training query scored once by the warm DE and both teachers (kd_cache.pt: what distillation
     learns from); on the dev queries, how well each teacher ranks held-out queries (teachers.json)."""
-    scorers = [out.load_model(DualEncoder, "de.pt"), out.load_model(QueryGenerator, "qg.pt"),
-               out.load_model(CrossEncoder, "ce.pt")]
+    scorers = [out.load_model(cls, f"{n}.pt") for cls, n in ((DualEncoder, "de"), (QueryGenerator, "qg"), (CrossEncoder, "ce"))]
     if out.todo("teach", "kd_cache.pt"):
-        out.save("kd_cache.pt", dataclasses.asdict(d.score_candidates(*scorers, d.train, cfg.kd_k, cfg.seed, cfg.log_every)))
+        c = d.score_candidates(*scorers, d.train, cfg.kd_k, cfg.seed, cfg.log_every)
+        out.save("kd_cache.pt", dataclasses.asdict(c))
     dev = [q for q in d.ds.qrels.get("dev", {}) if d.pos[q]]
     if dev and out.todo("teach", "teachers.json"):
-        rates = {"train": {"top1": d.top_rate(Candidates(**out.load("kd_cache.pt")))}, "dev": teacher_rates(cfg, d, scorers, dev)}
-        out.write_text("teachers.json", json.dumps(rates, indent=1) + "\n")
+        rates = d.teacher_rates(*scorers, dev, cfg.kd_k, cfg.seed, cfg.log_every)
+        out.write_text("teachers.json", json.dumps({"dev": rates}, indent=1) + "\n")
         for name in ("de", "qg", "ce"):
-            log("teach", f"dev: {name} ranks p+ first among C(q) for {rates['dev']['top1'][name]['all']:.3f} of the queries, "
-                         f"{rates['dev']['blind_top1'][name]['all']:.3f} reading another query (chance {1 / (1 + cfg.kd_k):.3f})")
+            log("teach", f"dev: {name} ranks p+ first among C(q) for {rates['top1'][name]['all']:.3f} of the "
+                         f"queries, {rates['blind_top1'][name]['all']:.3f} reading another query "
+                         f"(chance {1 / (1 + cfg.kd_k):.3f})")
 
 
 def stage_kd(cfg, d, out):
@@ -363,21 +358,29 @@ def stage_kd(cfg, d, out):
 
 
 def write_queries(cfg, d, out, c):
-    """For each training query the QG writes, once, a query for its positive in another query language (greedy or
-    sampled) -> generated.pt {qids, lang, tokens}."""
-    ds, rng, langs = d.ds, random.Random(cfg.seed), d.ds.languages()
-    target = [rng.choice([x for x in langs if x != ds.lang[q]]) for q in c.qids]
-    qg, g = out.load_model(QueryGenerator, "qg.pt"), torch.Generator().manual_seed(cfg.seed)
-    tags, pos, n = torch.tensor([d.tag[x] for x in target]), c.cand[:, 0], cfg.max_len_q - 2
-
-    def write(s):
-        ids, mask = qg.generate(*d.passages(pos[s]), tags[s].to(DEVICE), n, data.EOS, cfg.gen_temperature, 0, g)
-        return F.pad(ids.masked_fill(~mask, data.PAD), (0, n - ids.size(1)))
-    written = d.chunked(cfg.log_every, "align", len(c.qids), GEN_CHUNK, write)                            # [Q, n]
-    tokens = [[tok for tok in row if tok != data.PAD] for row in written.tolist()]
-    out.save("generated.pt", {"qids": c.qids, "lang": target, "tokens": tokens})
-    for x in langs:  # a few examples per language, for the reader of the log
-        for i in [i for i, y in enumerate(target) if y == x][:2]:
+    """For each training query the QG writes, once, a query q' for its positive in another language -> generated.pt
+    {qids, lang, tokens, keep}. align_to any: any other query language; down: only a language the QG was trained to
+    write with fewer training queries than the source's (the high-resource side teaches the low-resource one; a
+    query without such a language gets no q'). round_trip keeps q' only where the QG ranks p+ first among C(q)."""
+    ds, rng, n_train = d.ds, random.Random(cfg.seed), Counter(d.ds.lang[q] for q in d.train)
+    langs = [x for x in ds.languages() if cfg.align_to == "any" or n_train[x]]
+    options = [[x for x in langs if x != ds.lang[q] and (cfg.align_to == "any" or n_train[x] < n_train[ds.lang[q]])]
+               for q in c.qids]
+    target = [rng.choice(xs) if xs else None for xs in options]
+    rows, qg = [i for i, x in enumerate(target) if x], out.load_model(QueryGenerator, "qg.pt")
+    written = iter(d.write_queries(qg, c.cand[rows, 0], [target[i] for i in rows], cfg.max_len_q - 2,
+                                   cfg.gen_temperature, cfg.gen_no_repeat, cfg.seed, cfg.log_every) if rows else [])
+    tokens, keep = [next(written) if x else [] for x in target], [x is not None for x in target]
+    if cfg.round_trip:  # the QG must rank q''s passage first among C(q) when it reads q'
+        tgt = d.written_targets(target, tokens)
+        r = d.chunked(cfg.log_every, "align", len(c.qids), SCORE_CHUNK,
+                      lambda s: d.qg_scores(qg, batch_rows(*tgt, s), c.cand[s]).float())
+        keep = [k and bool(x[0] > x[1:].max()) for k, x in zip(keep, r)]
+    out.save("generated.pt", {"qids": c.qids, "lang": target, "tokens": tokens, "keep": keep})
+    for x in langs:  # the share kept and a few examples per language, for the reader of the log
+        mine = [i for i, y in enumerate(target) if y == x]
+        log("align", f"{x}: {sum(keep[i] for i in mine)} of {len(mine)} written queries kept")
+        for i in mine[:2]:
             log("align", f"{x}: {d.tok.decode(tokens[i])!r} <- {ds.queries[c.qids[i]]!r} ({ds.lang[c.qids[i]]})")
 
 
@@ -393,11 +396,12 @@ def stage_align(cfg, d, out):
     g_scores = g_tau = None
     if cfg.align == "kd":  # the teacher's scores of the written queries over C(q), once
         qg = out.load_model(QueryGenerator, "qg.pt")
-        tgt = pad_batch([[d.tag[x]] + toks + [data.EOS] for x, toks in zip(written["lang"], written["tokens"])])
+        tgt = d.written_targets(written["lang"], written["tokens"])
         g_scores = d.chunked(cfg.log_every, "align", len(c.qids), SCORE_CHUNK,
                              lambda s: d.qg_scores(qg, batch_rows(*tgt, s), c.cand[s]).float())
         g_tau = teacher_tau(cfg, c.qg, c)
-    distil(cfg, d, out, "qg_kd_align", c, c.qg, aligned=(g_ids, g_mask, g_scores, g_tau))
+    keep = torch.tensor(written.get("keep", [True] * len(c.qids)))
+    distil(cfg, d, out, "qg_kd_align", c, c.qg, aligned=(g_ids, g_mask, g_scores, g_tau, keep))
 
 
 def stage_drdecr(cfg, d, out):
@@ -452,14 +456,6 @@ def check_config(cfg):
             raise Stop(problem)
 
 
-def check_corpus(cfg, ds, root):
-    """Every query's candidates come from the corpus: it must hold --pool (or --kd-k) passages beyond its positives."""
-    most = max(sum(s > 0 for s in rel.values()) for split in ds.qrels.values() for rel in split.values())
-    need = max(cfg.pool, cfg.kd_k) + most
-    if len(ds.pids) < need:
-        raise Stop(f"{root}/corpus.jsonl:0: {len(ds.pids)} passages; --pool and --kd-k need {need}")
-
-
 def main(argv=None):
     """Every problem a user can cause (flag, data set, run folder, a file in it, a diverging loss) ends as one line
     `error: ...` and exit status 1 before anything is written for it; Ctrl-C ends with status 130, and running the
@@ -475,7 +471,7 @@ def main(argv=None):
         ds = data.load(args.data)
         if args.encode:
             return encode_only(args.encode, ds, args.split, args.run, cfg.eval_k, makers) or 0
-        check_corpus(cfg, ds, args.data)
+        cli.check_corpus(cfg, ds, args.data)
         out = OutDir.create(args.out, makers)
         out.claim(args.data, {k: v for k, v in dataclasses.asdict(cfg).items() if k not in UNTRAINED})
         out.tidy()

@@ -1,7 +1,6 @@
 """data.py and synth.py: strict loading, every check error with its file and line, the tokenizer, the benchmark."""
 import json
 import os
-import shutil
 import subprocess
 import sys
 

@@ -21,7 +21,7 @@ from outdir import OutDir, Stop
 
 MICRO = ["--preset", "micro", "--log-every", "60"]
 SHORT = [*MICRO, "--mlm-steps", "2", "--denoise-steps", "2", "--de-steps", "2"]  # the `trained` folder's settings
-STAGES = "tokenizer, pretrain, de, qg, ce, kd, align, drdecr, eval"
+STAGES = "tokenizer, pretrain, de, qg, ce, teach, kd, align, drdecr, eval"
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +79,7 @@ CASES = [
     ("corpus too small", None, ["--out", "{new}", "--pool", "300"],
      "{data}/corpus.jsonl:0: 280 passages; --pool and --kd-k need 301"),
     ("input not made", None, ["--out", "{new}", "--stages", "kd"],
-     "{new}/de.pt: not found; stage kd needs it: add stage de to --stages"),
+     "{new}/kd_cache.pt: not found; stage kd needs it: add stage teach to --stages"),
     ("data missing", None, ["--data", "{tmp}/nope", "--out", "{new}"], "{tmp}/nope:0: not a directory"),
     ("data bad", lambda p: (copy_data(p), write(f"{p.data}/queries.jsonl", "{")), ["--out", "{new}"],
      "{data}/queries.jsonl:1: invalid JSON (Expecting property name enclosed in double quotes)"),

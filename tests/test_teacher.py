@@ -274,3 +274,24 @@ def test_teachers_start_from_an_mlm_encoder():
     assert not torch.allclose(qg.decode(qg.encode(p, pm), pm, t, tm), before)
     with pytest.raises(RuntimeError):
         qg.load_encoder(Encoder(tiny(dim=16)).state_dict())
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_no_repeat_blocks_every_repeated_ngram_and_banned_tokens_never_appear(n):
+    """A scrambled model with a strong bias towards a few tokens loops on them; with no_repeat = n no n-gram occurs
+    twice in a row (a slow count over the output), banned ids never appear, and cached equals uncached."""
+    qg = scrambled(QueryGenerator(tiny()))
+    with torch.no_grad():
+        qg.out_bias[20:23] += 8.0  # a loop-prone generator: three tokens dominate
+    p, pm = pad_batch(passages(4, 9))
+    lang = torch.tensor([9, 10, 11, 9])
+    free, _ = qg.generate(p, pm, lang, 12, eos_id=-1)
+    assert any(len(set(r)) < len(r) for r in free.tolist())  # without blocking it repeats itself
+    banned = [20, 5, 9]
+    ids, mask = qg.generate(p, pm, lang, 12, eos_id=-1, banned=banned, no_repeat=n)
+    slow, _ = qg.generate(p, pm, lang, 12, eos_id=-1, banned=banned, no_repeat=n, use_cache=False)
+    assert torch.equal(ids, slow)
+    for row, m in zip(ids.tolist(), mask.tolist()):
+        row = [t for t, k in zip(row, m) if k]
+        grams = [tuple(row[i:i + n]) for i in range(len(row) - n + 1)]
+        assert len(grams) == len(set(grams)) and not set(row) & set(banned)
