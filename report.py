@@ -7,6 +7,7 @@ import json
 import os
 
 import data
+import dist
 import evaluate
 import search
 from encoded import EncodedData
@@ -27,9 +28,13 @@ def stage_eval(cfg, d, out):
     results = {s: {} for s in splits}
     for name in ["bm25"] + [s for s in SYSTEMS if out.exists(f"{s}.pt")]:
         if name == "bm25":
+            if not dist.is_main():  # under torchrun rank 0 alone searches with BM25, writes runs and scores them
+                continue
             found = {s: d.bm25().search(d.query_tokens(qids), min(cfg.eval_k, len(ds.pids))) for s, qids in splits.items()}
         else:
-            found = d.retrieve(cfg.eval_k, out.load_model(DualEncoder, f"{name}.pt"), splits)
+            found = d.retrieve(cfg.eval_k, out.load_model(DualEncoder, f"{name}.pt"), splits)  # every rank: its share
+            if not dist.is_main():
+                continue
         for split, (scores, ids) in found.items():
             path = out.path(f"runs/{name}.{split}.trec")
             search.write_trec(path, splits[split], ds.pids, scores.cpu(), ids.cpu(), name)
@@ -80,5 +85,6 @@ def encode_only(ckpt, ds, split, run_path):
     d = EncodedData(ds, data.load_tokenizer(out.path("tokenizer.json")), made["max_len_q"], made["max_len_p"], made["pivot"])
     qids = list(ds.qrels[split])
     scores, ids = d.retrieve(made["eval_k"], out.load_model(DualEncoder, os.path.abspath(ckpt)), {split: qids})[split]
-    search.write_trec(run_path, qids, ds.pids, scores.cpu(), ids.cpu(), os.path.basename(ckpt))
+    if dist.is_main():
+        search.write_trec(run_path, qids, ds.pids, scores.cpu(), ids.cpu(), os.path.basename(ckpt))
     print(f"wrote {run_path}")

@@ -25,10 +25,11 @@ import torch.nn.functional as F
 
 import data
 import cli
+import dist
 import losses
 from encoded import POOL_SLACK, SCORE_CHUNK, Candidates, EncodedData, batch_rows, pad_on_device
 from model import DualEncoder, Encoder, ModelConfig, pad_batch
-from outdir import DEVICE, OutDir, Progress, Stop, autocast, log
+from outdir import DEVICE, Progress, Stop, autocast, log
 from report import encode_only, stage_eval
 from teacher import CrossEncoder, QueryGenerator
 
@@ -55,6 +56,7 @@ class Config:
     warmup: float = 0.1          # fraction of a stage's steps spent warming up, in [0, 1]
     batch: int = 32              # queries (or sentences) per step, in [1, inf)
     rank_batch: int = 8          # queries per ranking or distillation step, each with its candidates, in [1, inf)
+    gather_negatives: bool = True  # under torchrun, every rank's passages are in-batch negatives (else its own)
     # stage lengths, in optimiser steps
     mlm_steps: int = 600         # MLM pre-training of the encoder, in [0, inf)
     denoise_steps: int = 500     # span-corruption pre-training of the QG, in [0, inf)
@@ -122,21 +124,24 @@ def fit(cfg, out, name, model, steps, step, save_as, key=None):
     cfg.ckpt_every steps `<name>.partial.pt`, from which a restarted run resumes to the same weights as an
     uninterrupted one (on a CPU; CUDA kernels are not bitwise deterministic). `key` seeds the batches and dropout
     (default: the name): stages with one key draw the same batches, so two students differ by their losses only.
+    Under torchrun every rank draws the same batches and computes its share of each (dist.py); DDP averages the
+    gradients.
     """
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     seed = cfg.seed * 1000 + sum(map(ord, key or name))
-    gen = torch.Generator().manual_seed(seed)  # batches
-    torch.manual_seed(seed)                    # dropout
+    gen = torch.Generator().manual_seed(seed)  # batches, the same on every rank
+    torch.manual_seed(dist.dropout_seed(seed))  # dropout, a stream per rank
     start = out.resume(name, model, opt, gen)
     if start:
         log(name, f"resuming at step {start}/{steps}")
+    run = dist.ddp(model)                      # run(step, gen): step(gen), under torchrun inside DDP
     model.train()
     progress = Progress(name, cfg.log_every, start)
     for i in range(start, steps):
         for g in opt.param_groups:
             g["lr"] = lr_at(cfg, i, steps)
         with autocast():
-            loss, logs = step(gen)
+            loss, logs = run(step, gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -173,7 +178,7 @@ def stage_pretrain(cfg, d, out):
         def step(gen):  # predict the picked tokens of [CLS] text from the corrupted input
             ids, mask = pad_batch([[data.CLS] + toks for _, toks in draw(gen, texts, cfg.batch)])
             x, picked = data.mlm_mask(ids, mask, cfg.mlm_prob, enc.cfg.vocab_size, gen)
-            ids, x, mask, picked = (v.to(DEVICE) for v in (ids, x, mask, picked))
+            ids, x, mask, picked = (dist.mine(v).to(DEVICE) for v in (ids, x, mask, picked))  # this rank's share
             h = enc(x, mask)[picked]                                                   # [n, C]
             return F.cross_entropy(enc.mlm_logits(h).float(), ids[picked]), {}
         fit(cfg, out, "pretrain", enc, cfg.mlm_steps, step, "pretrain.pt")
@@ -184,6 +189,7 @@ def stage_pretrain(cfg, d, out):
             batch = draw(gen, texts, cfg.batch)
             src, tgt = zip(*(data.span_corrupt(toks, cfg.noise, gen) for _, toks in batch))
             tgt = [[d.tag[lang]] + spans + [data.EOS] for (lang, _), spans in zip(batch, tgt)]
+            src, tgt = dist.mine(src), dist.mine(tgt)                                          # this rank's share
             return qg.loss(*pad_on_device([[data.P] + s for s in src]), *pad_on_device(tgt)), {}
         fit(cfg, out, "denoise", qg, cfg.denoise_steps, step, "qg_pretrain.pt")
 
@@ -193,20 +199,28 @@ def stage_pretrain(cfg, d, out):
 def train_de(cfg, d, out, name, init, q_ids, q_mask, qids, pool):
     """Contrastive DE training: each step B queries, each with its positive and cfg.negatives hard negatives drawn
     from its `pool` row; every passage of the batch is a candidate of every query, except the other positives of a
-    query (duplicates, false negatives), which are masked. q_ids/q_mask: the query side, a row per entry of qids."""
+    query (duplicates, false negatives), which are masked. q_ids/q_mask: the query side, a row per entry of qids.
+    Under torchrun each of the N ranks encodes B/N queries with their passages, and the loss is over every rank's
+    (dist.gather; cfg.gather_negatives) or its own."""
     de = out.new_model(DualEncoder, model_config(cfg, d), cfg.seed, init)
-    B, h = cfg.batch, cfg.negatives
+    B, h, n = cfg.batch, cfg.negatives, cfg.batch // dist.world()
 
     def step(gen):
         b = torch.randint(len(qids), (B,), generator=gen)
-        batch = [qids[i] for i in b.tolist()]
-        pos = torch.tensor([d.positive(gen, q) for q in batch])
+        pos = torch.tensor([d.positive(gen, qids[i]) for i in b.tolist()])
         neg = pool[b[:, None], torch.randint(pool.size(1), (B, h), generator=gen)]            # [B, h]
-        cand = torch.cat([pos, neg.flatten()])                                                 # [M = B(1+h)]
-        s = de.score(de.encode(*batch_rows(q_ids, q_mask, b)), de.encode(*d.passages(cand)))  # [B, M]
-        target = torch.arange(B, device=DEVICE)
-        valid = ~d.other_positives(batch, cand)
-        valid[target, target] = True
+        cand = torch.cat([torch.cat([pos[r], neg[r].flatten()]) for r in dist.shares(B)])    # [M = B(1+h)]
+        q = de.encode(*batch_rows(q_ids, q_mask, dist.mine(b)))                              # [n, C] this rank's
+        p = de.encode(*d.passages(dist.mine(cand)))                                          # [n(1+h), C]
+        if cfg.gather_negatives:  # every rank's queries and passages: the one-process batch, in the order of cand
+            q, p = dist.gather(q), dist.gather(p)                                            # [B, C], [M, C]
+        else:
+            b, cand = dist.mine(b), dist.mine(cand)
+        s = de.score(q, p)                                                                   # [len(b), len(cand)]
+        ar = torch.arange(len(b), device=DEVICE)
+        target = ar + h * (ar // n * n)          # each rank's block of cand: its n positives, then its negatives
+        valid = ~d.other_positives([qids[i] for i in b.tolist()], cand)
+        valid[ar, target] = True
         loss, acc = losses.contrastive_loss(s, target, valid, cfg.tau)
         return loss, {"acc": acc.item()}
     fit(cfg, out, name, de, cfg.de_steps, step, f"{name}.pt")
@@ -264,14 +278,14 @@ def stage_qg(cfg, d, out):
         def step(gen):
             batch = draw(gen, qids, cfg.batch)
             pos = [d.positive(gen, q) for q in batch]
-            return qg.loss(*d.passages(pos), *d.qg_targets(batch)), {}
+            return qg.loss(*d.passages(dist.mine(pos)), *d.qg_targets(dist.mine(batch))), {}
         fit(cfg, out, "qg_gen", qg, cfg.qg_steps, step, "qg_gen.pt")
     if out.todo("qg", "qg.pt"):
         qg = out.new_model(QueryGenerator, model_config(cfg, d), cfg.seed, "qg_gen.pt")
         pool = teacher_pool(cfg, d, out, qids)
 
         def step(gen):
-            b, cand = ranking_batch(cfg, d, gen, qids, pool)
+            b, cand = (dist.mine(x) for x in ranking_batch(cfg, d, gen, qids, pool))            # this rank's share
             r = d.qg_scores(qg, d.qg_targets([qids[i] for i in b.tolist()]), cand)             # [B, 1+n]
             loss = losses.qg_rank_loss(r, -r[:, 0].mean(), tau_r=cfg.tau_r, lambda_gen=cfg.lambda_gen)
             return loss, {"acc": (r.argmax(1) == 0).float().mean().item()}
@@ -285,7 +299,7 @@ def stage_ce(cfg, d, out):
         ce, pool = out.new_model(CrossEncoder, model_config(cfg, d), cfg.seed, "pretrain.pt"), teacher_pool(cfg, d, out, qids)
 
         def step(gen):
-            b, cand = ranking_batch(cfg, d, gen, qids, pool)
+            b, cand = (dist.mine(x) for x in ranking_batch(cfg, d, gen, qids, pool))            # this rank's share
             c = ce(*d.ce_pairs([qids[i] for i in b.tolist()], cand)).view(cand.shape)           # [B, 1+n]
             return losses.rank_loss(c), {"acc": (c.argmax(1) == 0).float().mean().item()}
         fit(cfg, out, "ce", ce, cfg.ce_steps, step, "ce.pt")
@@ -469,20 +483,25 @@ def check_config(cfg):
 
 def main(argv=None):
     try:
+        dist.init()  # under torchrun: this rank's process group and device; else nothing (dist.py)
         args, cfg, stages = cli.parse_args(argv, __doc__, Config, PRESETS, NAMES, SYNTH_SIZE)
         check_config(cfg)
+        if cfg.batch % dist.world() or cfg.rank_batch % dist.world():
+            raise Stop(f"--batch {cfg.batch} and --rank-batch {cfg.rank_batch} must be multiples of the {dist.world()} "
+                       "processes of torchrun (each takes an equal share of a batch)")
         if args.threads:
             torch.set_num_threads(args.threads)
-        if args.synth and not os.path.exists(args.data):
+        if args.synth and not os.path.exists(args.data) and dist.is_main():  # the other ranks wait for it
             import synth
             synth.generate(args.data + ".tmp", SYNTH_SIZE[args.preset], 0)
             os.replace(args.data + ".tmp", args.data)
             print(f"wrote the {SYNTH_SIZE[args.preset]} synthetic benchmark to {args.data}")
+        dist.barrier()
         ds = data.load(args.data)
         if args.encode:
             return encode_only(args.encode, ds, args.split, args.run) or 0
         os.makedirs(args.out, exist_ok=True)
-        out = OutDir(args.out)
+        out = dist.outdir(args.out)  # under torchrun rank 0 alone writes
         out.claim({"data": os.path.abspath(args.data), **dataclasses.asdict(cfg)})
         print(ds.summary())
         print("config: " + " ".join(f"{k}={v}" for k, v in dataclasses.asdict(cfg).items()), flush=True)
@@ -494,6 +513,8 @@ def main(argv=None):
     except (Stop, cli.FlagError, data.DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    finally:
+        dist.close()
     return 0
 
 
