@@ -321,20 +321,25 @@ def distil(cfg, d, out, name, c, t_scores, alpha=None, aligned=None, pivot=None)
     L_ce: the contrastive loss over every candidate of the batch; L_kd: KL from the teacher's t_scores [Q, 1+K] to
     the student over each query's own C(q); alpha defaults to cfg.alpha. aligned = (ids, mask, scores, tau) adds the alignment term on the
     QG-written queries q' (one per training query, DE form; scores/tau: the teacher on C(q) for q', align=kd only).
-    pivot = (pivot DE, ids, mask) adds DR.DECR's token-level KD from the pivot DE reading the translations."""
+    pivot = (pivot DE, ids, mask) adds DR.DECR's token-level KD from the pivot DE reading the translations.
+    Under torchrun each of the N ranks encodes rank_batch/N queries with their C(q); every term but L_tok is over
+    every rank's (dist.gather), or with gather_negatives off over its own."""
     q_ids, q_mask = d.de_queries(c.qids)
     alpha = cfg.alpha if alpha is None else alpha
     tau_t = teacher_tau(cfg, t_scores, c)
-    de, B, M = out.new_model(DualEncoder, model_config(cfg, d), cfg.seed, "de.pt"), cfg.rank_batch, c.cand.size(1)
-    ar = torch.arange(B, device=DEVICE)
+    de, M = out.new_model(DualEncoder, model_config(cfg, d), cfg.seed, "de.pt"), c.cand.size(1)
+    together = dist.gather if cfg.gather_negatives else lambda x: x  # under torchrun: every rank's rows, or its own
 
     def step(gen):
-        b = torch.randint(len(c.qids), (B,), generator=gen)
-        cand = c.cand[b].flatten()                                                            # [B*M]
-        qi, qm = batch_rows(q_ids, q_mask, b)
-        hq = de.token_states(qi, qm)                                                          # [B, Tq, C]
-        p = de.encode(*d.passages(cand))                                                      # [B*M, C]
-        s = de.score(de.pool(hq, qm), p)                                                      # [B, B*M]
+        b = torch.randint(len(c.qids), (cfg.rank_batch,), generator=gen)
+        mine = dist.mine(b)                                               # this rank's queries (all without torchrun)
+        qi, qm = batch_rows(q_ids, q_mask, mine)
+        hq = de.token_states(qi, qm)                                                          # [B/N, Tq, C]
+        q = together(de.pool(hq, qm))                                                         # [B, C]
+        p = together(de.encode(*d.passages(c.cand[mine].flatten())))                          # [B*M, C]
+        b = b if cfg.gather_negatives else mine                                   # the B queries of the loss
+        B, cand, ar = len(b), c.cand[b].flatten(), torch.arange(len(b), device=DEVICE)       # cand [B*M]
+        s = de.score(q, p)                                                                    # [B, B*M]
         valid = ~d.other_positives([c.qids[i] for i in b.tolist()], cand)
         valid[ar, ar * M] = True
         l_ce, acc = losses.contrastive_loss(s, ar * M, valid, cfg.tau)
@@ -343,11 +348,11 @@ def distil(cfg, d, out, name, c, t_scores, alpha=None, aligned=None, pivot=None)
         loss, logs = l_ce + alpha * l_kd, {"ce": l_ce.item(), "kd": l_kd.item(), "acc": acc.item()}
         if aligned:  # METHOD.md 5: the student treats q and the QG-written q' (same passage, other language) alike
             g_ids, g_mask, g_scores, g_tau = aligned
-            eg = de.encode(*batch_rows(g_ids, g_mask, b))                                     # [B, C] e(q')
+            eg = together(de.encode(*batch_rows(g_ids, g_mask, mine)))                        # [B, C] e(q')
             if cfg.align == "emb":  # q'_i against every q_j of the batch; q_j about the same passage is masked
                 pos = c.cand[b, 0]
                 mask = (pos[:, None] != pos[None, :]).to(DEVICE) | torch.eye(B, dtype=torch.bool, device=DEVICE)
-                l_a = losses.align_emb_loss(de.pool(hq, qm), eg, cfg.tau, mask)
+                l_a = losses.align_emb_loss(q, eg, cfg.tau, mask)
             else:
                 with torch.autocast(DEVICE.type, enabled=False):
                     s_g = torch.einsum("bc,bmc->bm", eg.float(), p.view(B, M, -1).float())  # [B, M] s(q', C(q))
@@ -357,7 +362,7 @@ def distil(cfg, d, out, name, c, t_scores, alpha=None, aligned=None, pivot=None)
         if pivot:  # METHOD.md 6: the student's query token states regress onto the pivot DE's on the translation
             pivot_de, t_ids, t_mask = pivot
             with torch.no_grad():
-                ti, tm = batch_rows(t_ids, t_mask, b)
+                ti, tm = batch_rows(t_ids, t_mask, mine)
                 ht = pivot_de.token_states(ti, tm)                                            # [B, Tt, C]
             l_tok = losses.token_kd_loss(hq, qm, ht, tm)
             loss, logs["tok"] = loss + cfg.gamma * l_tok, l_tok.item()
