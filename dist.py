@@ -8,7 +8,9 @@ What the N ranks do (train.py, encoded.py and report.py call the functions below
 - training (`ddp`, `mine`, `gather`): every rank draws the whole batch from the same seeded generator and computes
   its share, rows rank*B/N .. (rank+1)*B/N; DistributedDataParallel averages the gradients over the ranks, so the
   ranks' models stay equal. A contrastive loss gathers every rank's query and passage embeddings, so that each
-  query has the whole batch's passages as negatives, as with one process (Config.gather_negatives).
+  query has the whole batch's passages as negatives, as with one process (Config.gather_negatives). A mean over
+  tokens is weighted (`mean_weight`) so that the ranks' average is the whole batch's mean. Then a step on N ranks
+  is a step of one process on the whole batch, but for the order of float sums and each rank's dropout stream.
 - encoding and teacher scoring (`part`, `gather_rows`, `cat_parts`): each rank takes a contiguous share of the rows;
   the shares are gathered in rank order.
 - exact search (`exact_topk`): each rank embeds and searches its share of the corpus; the k-lists are merged.
@@ -108,6 +110,12 @@ def gather(x):
         x.register_hook(lambda g: g * n)
     parts[rank()] = x
     return torch.cat(parts)
+
+
+def mean_weight(n, n_all):
+    """Turns a mean over this rank's n items (tokens) into its part of the mean over the batch's n_all, DDP averaging
+    the N ranks: n * N / n_all, exactly 1.0 without torchrun. Means over a rank's queries need none (equal shares)."""
+    return n * world() / n_all
 
 
 @torch.no_grad()

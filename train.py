@@ -178,9 +178,12 @@ def stage_pretrain(cfg, d, out):
         def step(gen):  # predict the picked tokens of [CLS] text from the corrupted input
             ids, mask = pad_batch([[data.CLS] + toks for _, toks in draw(gen, texts, cfg.batch)])
             x, picked = data.mlm_mask(ids, mask, cfg.mlm_prob, enc.cfg.vocab_size, gen)
+            n_all = int(picked.sum())
             ids, x, mask, picked = (dist.mine(v).to(DEVICE) for v in (ids, x, mask, picked))  # this rank's share
             h = enc(x, mask)[picked]                                                   # [n, C]
-            return F.cross_entropy(enc.mlm_logits(h).float(), ids[picked]), {}
+            logits = enc.mlm_logits(h).float()                                         # [n, V]
+            loss = F.cross_entropy(logits, ids[picked]) if len(h) else logits.sum()   # mean over its n tokens, or 0
+            return loss * dist.mean_weight(len(h), n_all), {}
         fit(cfg, out, "pretrain", enc, cfg.mlm_steps, step, "pretrain.pt")
     if out.todo("pretrain", "qg_pretrain.pt"):
         qg = out.new_model(QueryGenerator, model_config(cfg, d), cfg.seed, "pretrain.pt")
@@ -323,7 +326,8 @@ def distil(cfg, d, out, name, c, t_scores, alpha=None, aligned=None, pivot=None)
     QG-written queries q' (one per training query, DE form; scores/tau: the teacher on C(q) for q', align=kd only).
     pivot = (pivot DE, ids, mask) adds DR.DECR's token-level KD from the pivot DE reading the translations.
     Under torchrun each of the N ranks encodes rank_batch/N queries with their C(q); every term but L_tok is over
-    every rank's (dist.gather), or with gather_negatives off over its own."""
+    every rank's (dist.gather), or with gather_negatives off over its own; L_tok over its own tokens, weighted so
+    that the ranks' average is the batch's mean (dist.mean_weight)."""
     q_ids, q_mask = d.de_queries(c.qids)
     alpha = cfg.alpha if alpha is None else alpha
     tau_t = teacher_tau(cfg, t_scores, c)
@@ -333,6 +337,7 @@ def distil(cfg, d, out, name, c, t_scores, alpha=None, aligned=None, pivot=None)
     def step(gen):
         b = torch.randint(len(c.qids), (cfg.rank_batch,), generator=gen)
         mine = dist.mine(b)                                               # this rank's queries (all without torchrun)
+        n_tok = int(q_mask[b].sum())                                      # the batch's query tokens (L_tok's mean)
         qi, qm = batch_rows(q_ids, q_mask, mine)
         hq = de.token_states(qi, qm)                                                          # [B/N, Tq, C]
         q = together(de.pool(hq, qm))                                                         # [B, C]
@@ -364,8 +369,8 @@ def distil(cfg, d, out, name, c, t_scores, alpha=None, aligned=None, pivot=None)
             with torch.no_grad():
                 ti, tm = batch_rows(t_ids, t_mask, mine)
                 ht = pivot_de.token_states(ti, tm)                                            # [B, Tt, C]
-            l_tok = losses.token_kd_loss(hq, qm, ht, tm)
-            loss, logs["tok"] = loss + cfg.gamma * l_tok, l_tok.item()
+            l_tok = losses.token_kd_loss(hq, qm, ht, tm)                           # mean over this rank's tokens
+            loss, logs["tok"] = loss + cfg.gamma * l_tok * dist.mean_weight(int(qm.sum()), n_tok), l_tok.item()
         return loss, logs
     fit(cfg, out, name, de, cfg.kd_steps, step, f"{name}.pt", key="distil")
 
