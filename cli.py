@@ -190,3 +190,21 @@ def check_corpus(cfg, ds, root):
     need = max(cfg.pool, cfg.kd_k) + most
     if len(ds.pids) < need:
         raise Stop(f"{root}/corpus.jsonl:0: {len(ds.pids)} passages; --pool and --kd-k need {need}")
+
+
+# Settings that change nothing trained (a resumed stage is exact whatever ckpt_every): left out of a run folder's
+# fingerprint (OutDir.claim), so later runs in the folder may change them.
+UNTRAINED = {"eval_k", "log_every", "ckpt_every"}
+
+
+def check_config(cfg, world=1):
+    """The rules between train.Config's fields (each field's own range is checked by `check`, from its comment), and
+    under torchrun with `world` processes, batches they can share equally."""
+    for ok, problem in [(cfg.dim % cfg.n_heads == 0, "--dim must be a multiple of --n-heads"),
+                        (cfg.rank_negs <= cfg.pool, "--rank-negs must be at most --pool"),
+                        (cfg.negatives <= cfg.pool, "--negatives must be at most --pool"),
+                        (cfg.batch % world == 0 and cfg.rank_batch % world == 0,
+                         f"--batch {cfg.batch} and --rank-batch {cfg.rank_batch} must be multiples of the {world} "
+                         "processes of torchrun (each takes an equal share of a batch)")]:
+        if not ok:
+            raise Stop(problem)

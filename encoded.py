@@ -18,8 +18,9 @@ import torch
 import torch.nn.functional as F
 
 import data
+import dist
 import search
-from model import pad_batch
+from model import ModelConfig, pad_batch
 from outdir import DEVICE, Progress, autocast, log
 
 NO_LIMIT = 1 << 30   # a max_len that keeps every token (BM25 reads whole passages)
@@ -80,6 +81,12 @@ class EncodedData:
             log("tokenizer", f"{tok.get_vocab_size()} tokens")
         return cls(ds, out.load_tokenizer(), max_len_q, max_len_p, pivot)
 
+    def model_config(self, cfg):
+        """The networks' shape (DE, CE, QG) from a train.Config, for this tokenizer's vocabulary."""
+        return ModelConfig(vocab_size=self.tok.get_vocab_size(), dim=cfg.dim, n_layers=cfg.n_layers, n_heads=cfg.n_heads,
+                           max_len=cfg.max_len_q + cfg.max_len_p, dropout=cfg.dropout, pooling=cfg.pooling,
+                           normalize=cfg.normalize, init_std=cfg.init_std, n_dec_layers=cfg.n_dec_layers)
+
     def rows(self, qids):
         """Row of each query in the query matrices."""
         return [self.qrow[q] for q in qids]
@@ -139,23 +146,30 @@ class EncodedData:
     # ------------------------------------------------------------------------- rankings and hard negatives
 
     @torch.no_grad()
-    def embed(self, de, ids, mask):
-        """DE embeddings of padded sequences, in eval mode: [n, C] float32 on the device."""
+    def embed(self, de, ids, mask, share=False):
+        """DE embeddings of padded sequences, in eval mode: [n, C] float32 on the device. Under torchrun each rank
+        embeds its share of the rows (dist.part), then the shares are gathered; share=True: only this rank's."""
         de.eval()
-        out = []
-        for s in range(0, len(ids), EMBED_BATCH):
+        rows, out = dist.part(len(ids)), [torch.zeros(0, de.cfg.dim, device=DEVICE)]  # a share may be empty
+        for s in range(rows.start, rows.stop, EMBED_BATCH):
             with autocast():
-                out.append(de.encode(*batch_rows(ids, mask, slice(s, s + EMBED_BATCH))).float())
-        return torch.cat(out)
+                out.append(de.encode(*batch_rows(ids, mask, slice(s, min(s + EMBED_BATCH, rows.stop)))).float())
+        e = torch.cat(out)                                                                   # [len(rows), C]
+        return e if share else dist.gather_rows(e, len(ids))
 
-    def embed_passages(self, de):
-        return self.embed(de, self.P_ids, self.P_mask)                                    # [N, C]
+    def embed_passages(self, de, share=False):
+        return self.embed(de, self.P_ids, self.P_mask, share)                             # [N, C]
+
+    def top_passages(self, q, p_share, k):
+        """Exact search of the whole corpus: the top-k passages (scores, corpus rows [Q, k]) of query embeddings q
+        [Q, C], p_share = embed_passages(de, share=True): under torchrun each rank searches its share (dist.py)."""
+        return dist.exact_topk(q, p_share, min(k, len(self.P_ids)))
 
     def de_ranking(self, de, qids, k):
         """The DE's top-k passages for each query: [Q, k] corpus rows."""
-        p = self.embed_passages(de)
+        p = self.embed_passages(de, share=True)
         q = self.embed(de, *self.de_queries(qids))
-        return search.exact_topk(q, p, min(k, len(p)))[1].cpu()
+        return self.top_passages(q, p, k)[1].cpu()
 
     def bm25(self):
         """The BM25 index of the whole passages (the networks see only their first max_len_p tokens), built once."""
@@ -196,13 +210,14 @@ class EncodedData:
     @torch.no_grad()
     def chunked(self, log_every, stage, n, size, fn):
         """fn(slice) for consecutive slices of range(n), under autocast, moved to the CPU and concatenated; a
-        progress line every `log_every` seconds."""
-        parts, progress = [], Progress(stage, log_every)
-        for s in range(0, n, size):
+        progress line every `log_every` seconds. Under torchrun each rank takes its share of range(n) (dist.part)
+        and the parts of every rank are gathered."""
+        rows, parts, progress = dist.part(n), [], Progress(stage, log_every)
+        for s in range(rows.start, rows.stop, size):
             with autocast():
-                parts.append(fn(slice(s, s + size)).cpu())
-            progress.tick(min(n, s + size), n)
-        return torch.cat(parts)
+                parts.append(fn(slice(s, min(s + size, rows.stop))).cpu())
+            progress.tick(min(rows.stop, s + size) - rows.start, rows.stop - rows.start)
+        return dist.cat_parts(parts)
 
     def qg_scores(self, qg, tgt, cand):
         """The QG's r(q, p) over candidates cand [Q, k] (corpus rows) for targets tgt = (ids, mask) [Q, T] on the
@@ -243,8 +258,8 @@ class EncodedData:
 
     def retrieve(self, k, de, splits):
         """Exact search over the whole corpus with a DE for the queries of each split -> {split: (scores, rows)}."""
-        p = self.embed_passages(de)                                                        # [N, C], once
-        return {split: search.exact_topk(self.embed(de, *self.de_queries(qids)), p, min(k, len(p)))
+        p = self.embed_passages(de, share=True)                                  # [N, C] or this rank's share, once
+        return {split: self.top_passages(self.embed(de, *self.de_queries(qids)), p, k)
                 for split, qids in splits.items()}
 
     def pretrain_texts(self, max_len, pivot):
@@ -274,8 +289,8 @@ class EncodedData:
 
     def kd_candidates(self, de, qids, k, seed):
         """C(q) = p+ (the query's first positive) and the DE's top k other passages: corpus rows [Q, 1+k]."""
-        q, p = self.embed(de, *self.de_queries(qids)), self.embed_passages(de)            # [Q, C], [N, C]
-        ranked = search.exact_topk(q, p, min(k + POOL_SLACK, len(p)))[1].cpu()
+        q, p = self.embed(de, *self.de_queries(qids)), self.embed_passages(de, share=True)  # [Q, C], [N(share), C]
+        ranked = self.top_passages(q, p, k + POOL_SLACK)[1].cpu()
         return torch.cat([torch.tensor([self.pos[x][0] for x in qids])[:, None],
                           self.hard_negatives(qids, ranked, k, seed)], 1)                  # [Q, 1+k]
 

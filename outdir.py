@@ -297,12 +297,13 @@ class OutDir:
 
     # ------------------------------------------------------------------------- a stage in progress
 
-    def save_progress(self, name, model, opt, gen, step):
+    def save_progress(self, name, model, opt, gen, step, **extra):
         """`<name>.partial.pt`: everything a restarted run needs to continue a stage from `step` bit for bit, and the
-        output the stage is making."""
+        output the stage is making (and `extra` entries)."""
         self.save(f"{name}.partial.pt", {
             "model": model.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(), "step": step, "makes": self.making,
-            "rng": torch.get_rng_state(), "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []})
+            "rng": torch.get_rng_state(), "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            **extra})
 
     def resume(self, name, model, opt, gen):
         """Restore `<name>.partial.pt` into model, optimiser, generator and random states -> its step (0 if none)."""

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import os
 
+import dist
 import evaluate
 import search
 from encoded import EncodedData
@@ -26,16 +27,20 @@ def stage_eval(cfg, d, out):
     results = {s: {} for s in splits}
     for name in ["bm25"] + [s for s in SYSTEMS if out.exists(f"{s}.pt")]:
         if name == "bm25":
+            if not dist.is_main():  # under torchrun rank 0 alone searches with BM25, writes runs and scores them
+                continue
             found = {s: d.bm25().search(d.query_tokens(qids), min(cfg.eval_k, len(ds.pids))) for s, qids in splits.items()}
         else:
-            found = d.retrieve(cfg.eval_k, out.load_model(DualEncoder, f"{name}.pt"), splits)
+            found = d.retrieve(cfg.eval_k, out.load_model(DualEncoder, f"{name}.pt"), splits)  # every rank: its share
+            if not dist.is_main():
+                continue
         for split, (scores, ids) in found.items():
             path = out.path(f"runs/{name}.{split}.trec")
             search.write_trec(path, splits[split], ds.pids, scores.cpu(), ids.cpu(), name)
             res = evaluate.evaluate(ds.qrels[split], evaluate.read_run(path), metrics, ds.lang, ds.answers, passages)
             results[split][name] = {"all": res["all"], "per_lang": res["per_lang"]}
             log("eval", f"{split} {name:12s} " + " ".join(f"{m} {res['all'][m]:.3f}" for m in metrics))
-    hybrid = hybrid_row(cfg, d, out, splits, results, metrics, passages)
+    hybrid = hybrid_row(cfg, d, out, splits, results, metrics, passages) if dist.is_main() else None
     split = "test" if "test" in results else "dev"
     summary = {"config": dataclasses.asdict(cfg), "data": ds.root, "split": split, "systems": results[split],
                "dev": results.get("dev", {}), "hybrid": hybrid}
@@ -136,7 +141,8 @@ def encode_only(ckpt, ds, split, run_path, k, makers=None):
     scores, ids = d.retrieve(k, de, {split: qids})[split]
     tag = "_".join(os.path.basename(ckpt).split())  # a TREC run's tag is one word
     try:
-        search.write_trec(run_path, qids, ds.pids, scores.cpu(), ids.cpu(), tag)
+        if dist.is_main():
+            search.write_trec(run_path, qids, ds.pids, scores.cpu(), ids.cpu(), tag)
     except OSError as e:
         raise Stop(f"{run_path}: cannot write ({e.strerror}) (--run)") from None
     print(f"wrote {run_path}")

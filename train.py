@@ -6,10 +6,9 @@
     python train.py --stages de,eval --de-steps 300   # chosen stages; every Config field is a flag (--help)
     python train.py --encode out/tiny/qg_kd.pt --split test --run run.trec   # search with a saved dual-encoder
 
-The stages, their inputs and outputs are the table STAGES at the end of this file. Each stage makes only those of
-its outputs that are missing, so killing a run and starting the same command again continues where it stopped
-(inside a stage, from its last `<name>.partial.pt`). The plumbing sits below this file: outdir.py (output folder,
-atomic writes, checkpoints, device) and encoded.py (the tokenised data set, embeddings, rankings, negatives).
+The stages, their inputs and outputs are the table STAGES at the end. Each stage makes only its missing outputs, so
+the same command again continues where a run stopped. Below this file: outdir.py (output folder, checkpoints,
+device), encoded.py (the tokenised data set, embeddings, rankings, negatives), cli.py, report.py, dist.py.
 """
 import dataclasses
 import json
@@ -25,13 +24,13 @@ import torch.nn.functional as F
 
 import data
 import cli
+import dist
 import losses
 from encoded import POOL_SLACK, SCORE_CHUNK, Candidates, EncodedData, batch_rows, pad_on_device
-from model import DualEncoder, Encoder, ModelConfig, pad_batch
-from outdir import DEVICE, OutDir, Progress, Stop, autocast, log
+from model import DualEncoder, Encoder, pad_batch
+from outdir import DEVICE, Progress, Stop, autocast, log
 from report import encode_only, stage_eval
 from teacher import CrossEncoder, QueryGenerator
-
 
 
 @dataclass
@@ -54,6 +53,7 @@ class Config:
     warmup: float = 0.1          # fraction of a stage's steps spent warming up, in [0, 1]
     batch: int = 32              # queries (or sentences) per step, in [1, inf)
     rank_batch: int = 8          # queries per ranking or distillation step, each with its candidates, in [1, inf)
+    gather_negatives: bool = True  # under torchrun, every rank's passages are in-batch negatives (else its own)
     # stage lengths, in optimiser steps
     mlm_steps: int = 600         # MLM pre-training of the encoder, in [0, inf)
     denoise_steps: int = 500     # span-corruption pre-training of the QG, in [0, inf)
@@ -104,12 +104,6 @@ PRESETS = {  # each preset's default data set is the synthetic benchmark of the 
 SYNTH_SIZE = {"micro": "micro", "tiny": "tiny", "gpu": "small"}
 
 
-def model_config(cfg, d):
-    return ModelConfig(vocab_size=d.tok.get_vocab_size(), dim=cfg.dim, n_layers=cfg.n_layers, n_heads=cfg.n_heads,
-                       max_len=cfg.max_len_q + cfg.max_len_p, dropout=cfg.dropout, pooling=cfg.pooling,
-                       normalize=cfg.normalize, init_std=cfg.init_std, n_dec_layers=cfg.n_dec_layers)
-
-
 # ----------------------------------------------------------------------------- the one training loop
 
 def lr_at(cfg, i, steps):
@@ -127,21 +121,24 @@ def fit(cfg, out, name, model, steps, step, save_as, key=None):
     (default: the name): stages with one key draw the same batches, so two students differ by their losses only.
     A loss that is not finite stops the run and drops the partial state too: its weights may already be on the way
     (an infinite gradient makes them NaN a step before the loss shows it), and the same settings diverge again.
+    Under torchrun every rank draws the same batches and computes its share of each (dist.py); DDP averages the
+    gradients.
     """
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     seed = cfg.seed * 1000 + sum(map(ord, key or name))
-    gen = torch.Generator().manual_seed(seed)  # batches
-    torch.manual_seed(seed)                    # dropout
+    gen = torch.Generator().manual_seed(seed)  # batches, the same on every rank
+    torch.manual_seed(dist.dropout_seed(seed))  # dropout, a stream per rank
     start = out.resume(name, model, opt, gen)
     if start:
         log(name, f"resuming at step {start}/{steps}")
+    run = dist.ddp(model)                      # run(step, gen): step(gen), under torchrun inside DDP
     model.train()
     progress = Progress(name, cfg.log_every, start)
     for i in range(start, steps):
         for g in opt.param_groups:
             g["lr"] = lr_at(cfg, i, steps)
         with autocast():
-            loss, logs = step(gen)
+            loss, logs = run(step, gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -167,22 +164,26 @@ def stage_pretrain(cfg, d, out):
     """MLM encoder (the start of every later model), then the QG's denoising pre-training (span corruption)."""
     texts = d.pretrain_texts(cfg.max_len_q - 2, cfg.pivot)
     if out.todo("pretrain", "pretrain.pt"):
-        enc = out.new_model(Encoder, model_config(cfg, d), cfg.seed)
+        enc = out.new_model(Encoder, d.model_config(cfg), cfg.seed)
 
         def step(gen):  # predict the picked tokens of [CLS] text from the corrupted input
             ids, mask = pad_batch([[data.CLS] + toks for _, toks in d.draw(gen, texts, cfg.batch)])
             x, picked = data.mlm_mask(ids, mask, cfg.mlm_prob, enc.cfg.vocab_size, gen)
-            ids, x, mask, picked = (v.to(DEVICE) for v in (ids, x, mask, picked))
+            n_all = int(picked.sum())
+            ids, x, mask, picked = (dist.mine(v).to(DEVICE) for v in (ids, x, mask, picked))  # this rank's share
             h = enc(x, mask)[picked]                                                   # [n, C]
-            return F.cross_entropy(enc.mlm_logits(h).float(), ids[picked]), {}
+            logits = enc.mlm_logits(h).float()                                         # [n, V]
+            loss = F.cross_entropy(logits, ids[picked]) if len(h) else logits.sum()   # mean over its n tokens, or 0
+            return loss * dist.mean_weight(len(h), n_all), {}
         fit(cfg, out, "pretrain", enc, cfg.mlm_steps, step, "pretrain.pt")
     if out.todo("pretrain", "qg_pretrain.pt"):
-        qg = out.new_model(QueryGenerator, model_config(cfg, d), cfg.seed, "pretrain.pt")
+        qg = out.new_model(QueryGenerator, d.model_config(cfg), cfg.seed, "pretrain.pt")
 
         def step(gen):  # input [P] + corrupted text, target <2l> [MASK] span [MASK] span ... [EOS]
             batch = d.draw(gen, texts, cfg.batch)
             src, tgt = zip(*(data.span_corrupt(toks, cfg.noise, gen) for _, toks in batch))
             tgt = [[d.tag[lang]] + spans + [data.EOS] for (lang, _), spans in zip(batch, tgt)]
+            src, tgt = dist.mine(src), dist.mine(tgt)                                          # this rank's share
             return qg.loss(*pad_on_device([[data.P] + s for s in src]), *pad_on_device(tgt)), {}
         fit(cfg, out, "denoise", qg, cfg.denoise_steps, step, "qg_pretrain.pt")
 
@@ -192,20 +193,27 @@ def stage_pretrain(cfg, d, out):
 def train_de(cfg, d, out, name, init, q_ids, q_mask, qids, pool):
     """Contrastive DE training: each step B queries, each with its positive and cfg.negatives hard negatives drawn
     from its `pool` row; every passage of the batch is a candidate of every query, except the other positives of a
-    query (duplicates, false negatives), which are masked. q_ids/q_mask: the query side, a row per entry of qids."""
-    de = out.new_model(DualEncoder, model_config(cfg, d), cfg.seed, init)
-    B, h = cfg.batch, cfg.negatives
+    query (duplicates, false negatives), which are masked. q_ids/q_mask: the query side, a row per entry of qids.
+    Under torchrun each rank encodes its share; the loss is over every rank's (cfg.gather_negatives) or its own."""
+    de = out.new_model(DualEncoder, d.model_config(cfg), cfg.seed, init)
+    B, h, n = cfg.batch, cfg.negatives, cfg.batch // dist.world()
 
     def step(gen):
         b = torch.randint(len(qids), (B,), generator=gen)
-        batch = [qids[i] for i in b.tolist()]
-        pos = torch.tensor([d.positive(gen, q) for q in batch])
+        pos = torch.tensor([d.positive(gen, qids[i]) for i in b.tolist()])
         neg = pool[b[:, None], torch.randint(pool.size(1), (B, h), generator=gen)]            # [B, h]
-        cand = torch.cat([pos, neg.flatten()])                                                 # [M = B(1+h)]
-        s = de.score(de.encode(*batch_rows(q_ids, q_mask, b)), de.encode(*d.passages(cand)))  # [B, M]
-        target = torch.arange(B, device=DEVICE)
-        valid = ~d.other_positives(batch, cand)
-        valid[target, target] = True
+        cand = torch.cat([torch.cat([pos[r], neg[r].flatten()]) for r in dist.shares(B)])    # [M = B(1+h)]
+        q = de.encode(*batch_rows(q_ids, q_mask, dist.mine(b)))                              # [n, C] this rank's
+        p = de.encode(*d.passages(dist.mine(cand)))                                          # [n(1+h), C]
+        if cfg.gather_negatives:  # every rank's queries and passages: the one-process batch, in the order of cand
+            q, p = dist.gather(q), dist.gather(p)                                            # [B, C], [M, C]
+        else:
+            b, cand = dist.mine(b), dist.mine(cand)
+        s = de.score(q, p)                                                                   # [len(b), len(cand)]
+        ar = torch.arange(len(b), device=DEVICE)
+        target = ar + h * (ar // n * n)          # each rank's block of cand: its n positives, then its negatives
+        valid = ~d.other_positives([qids[i] for i in b.tolist()], cand)
+        valid[ar, target] = True
         loss, acc = losses.contrastive_loss(s, target, valid, cfg.tau)
         return loss, {"acc": acc.item()}
     fit(cfg, out, name, de, cfg.de_steps, step, f"{name}.pt")
@@ -223,29 +231,24 @@ def stage_de(cfg, d, out):
 
 # ----------------------------------------------------------------------------- the teachers (METHOD.md 2, 3)
 
-def teacher_pool(cfg, d, out, qids):
-    """Negatives the teachers train on: the warm DE's top passages, or BM25's (cfg.teacher_negatives)."""
-    de = out.load_model(DualEncoder, "de.pt") if cfg.teacher_negatives == "de" else None
-    return d.negative_pool(qids, cfg.pool, cfg.seed, de)
-
-
 def stage_qg(cfg, d, out):
     """Generation training on (q, p+) pairs in every language, then the ranking fine-tune L_qgrank."""
     qids = d.share_of_train(cfg.teacher_frac, cfg.seed)
     if out.todo("qg", "qg_gen.pt"):
-        qg = out.new_model(QueryGenerator, model_config(cfg, d), cfg.seed, "qg_pretrain.pt")
+        qg = out.new_model(QueryGenerator, d.model_config(cfg), cfg.seed, "qg_pretrain.pt")
 
         def step(gen):
             batch = d.draw(gen, qids, cfg.batch)
             pos = [d.positive(gen, q) for q in batch]
-            return qg.loss(*d.passages(pos), *d.qg_targets(batch)), {}
+            return qg.loss(*d.passages(dist.mine(pos)), *d.qg_targets(dist.mine(batch))), {}
         fit(cfg, out, "qg_gen", qg, cfg.qg_steps, step, "qg_gen.pt")
     if out.todo("qg", "qg.pt"):
-        qg = out.new_model(QueryGenerator, model_config(cfg, d), cfg.seed, "qg_gen.pt")
-        pool = teacher_pool(cfg, d, out, qids)
+        qg = out.new_model(QueryGenerator, d.model_config(cfg), cfg.seed, "qg_gen.pt")
+        warm = out.load_model(DualEncoder, "de.pt") if cfg.teacher_negatives == "de" else None  # else BM25's
+        pool = d.negative_pool(qids, cfg.pool, cfg.seed, warm)                                  # the teachers' negatives
 
         def step(gen):
-            b, cand = d.ranking_batch(gen, qids, pool, cfg.rank_batch, cfg.rank_negs)
+            b, cand = (dist.mine(x) for x in d.ranking_batch(gen, qids, pool, cfg.rank_batch, cfg.rank_negs))
             r = d.qg_scores(qg, d.qg_targets([qids[i] for i in b.tolist()]), cand)             # [B, 1+n]
             loss = losses.qg_rank_loss(r, -r[:, 0].mean(), tau_r=cfg.tau_r, lambda_gen=cfg.lambda_gen)
             return loss, {"acc": (r.argmax(1) == 0).float().mean().item()}
@@ -256,11 +259,12 @@ def stage_ce(cfg, d, out):
     """The cross-encoder teacher: L_cerank over the positive and the same kind of negatives as the QG's."""
     qids = d.share_of_train(cfg.teacher_frac, cfg.seed)
     if out.todo("ce", "ce.pt"):
-        ce = out.new_model(CrossEncoder, model_config(cfg, d), cfg.seed, "pretrain.pt")
-        pool = teacher_pool(cfg, d, out, qids)
+        ce = out.new_model(CrossEncoder, d.model_config(cfg), cfg.seed, "pretrain.pt")
+        warm = out.load_model(DualEncoder, "de.pt") if cfg.teacher_negatives == "de" else None  # else BM25's
+        pool = d.negative_pool(qids, cfg.pool, cfg.seed, warm)                                  # the teachers' negatives
 
         def step(gen):
-            b, cand = d.ranking_batch(gen, qids, pool, cfg.rank_batch, cfg.rank_negs)
+            b, cand = (dist.mine(x) for x in d.ranking_batch(gen, qids, pool, cfg.rank_batch, cfg.rank_negs))
             c = ce(*d.ce_pairs([qids[i] for i in b.tolist()], cand)).view(cand.shape)           # [B, 1+n]
             return losses.rank_loss(c), {"acc": (c.argmax(1) == 0).float().mean().item()}
         fit(cfg, out, "ce", ce, cfg.ce_steps, step, "ce.pt")
@@ -283,20 +287,26 @@ def distil(cfg, d, out, name, c, t_scores, alpha=None, aligned=None, pivot=None)
     the student over each query's own C(q); alpha defaults to cfg.alpha. aligned = (ids, mask, scores, tau, keep)
     adds the alignment term on the QG-written queries q' (one row per training query, DE form; scores and tau: the
     teacher on C(q) reading q', align kd only; keep [Q] bool: the rows that have a q').
-    pivot = (pivot DE, ids, mask) adds DR.DECR's token-level KD from the pivot DE reading the translations."""
+    pivot = (pivot DE, ids, mask) adds DR.DECR's token-level KD from the pivot DE reading the translations.
+    Under torchrun each rank encodes its share of the queries with their C(q); every term but L_tok is over every
+    rank's (or its own: gather_negatives), L_tok over its own tokens, weighted (dist.mean_weight)."""
     q_ids, q_mask = d.de_queries(c.qids)
     alpha = cfg.alpha if alpha is None else alpha
     tau_t = teacher_tau(cfg, t_scores, c)
-    de, B, M = out.new_model(DualEncoder, model_config(cfg, d), cfg.seed, "de.pt"), cfg.rank_batch, c.cand.size(1)
-    ar = torch.arange(B, device=DEVICE)
+    de, M = out.new_model(DualEncoder, d.model_config(cfg), cfg.seed, "de.pt"), c.cand.size(1)
+    together = dist.gather if cfg.gather_negatives else lambda x: x  # under torchrun: every rank's rows, or its own
 
     def step(gen):
-        b = torch.randint(len(c.qids), (B,), generator=gen)
-        cand = c.cand[b].flatten()                                                            # [B*M]
-        qi, qm = batch_rows(q_ids, q_mask, b)
-        hq = de.token_states(qi, qm)                                                          # [B, Tq, C]
-        p = de.encode(*d.passages(cand))                                                      # [B*M, C]
-        s = de.score(de.pool(hq, qm), p)                                                      # [B, B*M]
+        b = torch.randint(len(c.qids), (cfg.rank_batch,), generator=gen)
+        mine = dist.mine(b)                                               # this rank's queries (all without torchrun)
+        n_tok = int(q_mask[b].sum())                                      # the batch's query tokens (L_tok's mean)
+        qi, qm = batch_rows(q_ids, q_mask, mine)
+        hq = de.token_states(qi, qm)                                                          # [B/N, Tq, C]
+        q = together(de.pool(hq, qm))                                                         # [B, C]
+        p = together(de.encode(*d.passages(c.cand[mine].flatten())))                          # [B*M, C]
+        b = b if cfg.gather_negatives else mine                                   # the B queries of the loss
+        B, cand, ar = len(b), c.cand[b].flatten(), torch.arange(len(b), device=DEVICE)       # cand [B*M]
+        s = de.score(q, p)                                                                    # [B, B*M]
         valid = ~d.other_positives([c.qids[i] for i in b.tolist()], cand)
         valid[ar, ar * M] = True
         l_ce, acc = losses.contrastive_loss(s, ar * M, valid, cfg.tau)
@@ -306,13 +316,13 @@ def distil(cfg, d, out, name, c, t_scores, alpha=None, aligned=None, pivot=None)
         if aligned:  # METHOD.md 5: the student treats q and the QG-written q' (same passage, other language) alike
             g_ids, g_mask, g_scores, g_tau, g_keep = aligned
             k = g_keep[b].to(DEVICE)                                                          # [B] rows with a q'
-            eg = de.encode(*batch_rows(g_ids, g_mask, b))                                     # [B, C] e(q')
+            eg = together(de.encode(*batch_rows(g_ids, g_mask, mine)))                        # [B, C] e(q')
             if not k.any():
                 l_a = torch.zeros((), device=DEVICE)
             elif cfg.align == "emb":  # q'_i against every q_j of the batch; q_j about the same passage is masked
                 pos = c.cand[b, 0]
                 mask = (pos[:, None] != pos[None, :]).to(DEVICE) | torch.eye(B, dtype=torch.bool, device=DEVICE)
-                l_a = losses.align_emb_loss(de.pool(hq, qm)[k], eg[k], cfg.tau, mask[k][:, k])
+                l_a = losses.align_emb_loss(q[k], eg[k], cfg.tau, mask[k][:, k])
             else:
                 pc = p.view(B, M, -1).detach() if cfg.align_detach else p.view(B, M, -1)     # [B, M, C]
                 with torch.autocast(DEVICE.type, enabled=False):
@@ -323,10 +333,10 @@ def distil(cfg, d, out, name, c, t_scores, alpha=None, aligned=None, pivot=None)
         if pivot:  # METHOD.md 6: the student's query token states regress onto the pivot DE's on the translation
             pivot_de, t_ids, t_mask = pivot
             with torch.no_grad():
-                ti, tm = batch_rows(t_ids, t_mask, b)
+                ti, tm = batch_rows(t_ids, t_mask, mine)
                 ht = pivot_de.token_states(ti, tm)                                            # [B, Tt, C]
-            l_tok = losses.token_kd_loss(hq, qm, ht, tm)
-            loss, logs["tok"] = loss + cfg.gamma * l_tok, l_tok.item()
+            l_tok = losses.token_kd_loss(hq, qm, ht, tm)                           # mean over this rank's tokens
+            loss, logs["tok"] = loss + cfg.gamma * l_tok * dist.mean_weight(int(qm.sum()), n_tok), l_tok.item()
         return loss, logs
     fit(cfg, out, name, de, cfg.kd_steps, step, f"{name}.pt", key="distil")
 
@@ -377,11 +387,10 @@ def write_queries(cfg, d, out, c):
                       lambda s: d.qg_scores(qg, batch_rows(*tgt, s), c.cand[s]).float())
         keep = [k and bool(x[0] > x[1:].max()) for k, x in zip(keep, r)]
     out.save("generated.pt", {"qids": c.qids, "lang": target, "tokens": tokens, "keep": keep})
-    for x in langs:  # the share kept and a few examples per language, for the reader of the log
+    for x in langs:  # the share kept and two examples per language, for the reader of the log
         mine = [i for i, y in enumerate(target) if y == x]
-        log("align", f"{x}: {sum(keep[i] for i in mine)} of {len(mine)} written queries kept")
-        for i in mine[:2]:
-            log("align", f"{x}: {d.tok.decode(tokens[i])!r} <- {ds.queries[c.qids[i]]!r} ({ds.lang[c.qids[i]]})")
+        log("align", f"{x}: {sum(keep[i] for i in mine)} of {len(mine)} written queries kept, e.g. " + "; ".join(
+            f"{d.tok.decode(tokens[i])!r} <- {ds.queries[c.qids[i]]!r} ({ds.lang[c.qids[i]]})" for i in mine[:2]))
 
 
 def stage_align(cfg, d, out):
@@ -442,38 +451,26 @@ STAGES = [  # in pipeline order, after the tokenizer; run by cli.run_stages, whi
 NAMES = ["tokenizer"] + [s.name for s in STAGES]
 
 
-# Settings that change nothing trained (a resumed stage is exact whatever ckpt_every): left out of a run folder's
-# fingerprint (OutDir.claim), so later runs in the folder may change them.
-UNTRAINED = {"eval_k", "log_every", "ckpt_every"}
-
-
-def check_config(cfg):
-    """The rules between fields (each field's own range is checked by cli.check, from its comment)."""
-    for ok, problem in [(cfg.dim % cfg.n_heads == 0, "--dim must be a multiple of --n-heads"),
-                        (cfg.rank_negs <= cfg.pool, "--rank-negs must be at most --pool"),
-                        (cfg.negatives <= cfg.pool, "--negatives must be at most --pool")]:
-        if not ok:
-            raise Stop(problem)
-
-
 def main(argv=None):
     """Every problem a user can cause (flag, data set, run folder, a file in it, a diverging loss) ends as one line
     `error: ...` and exit status 1 before anything is written for it; Ctrl-C ends with status 130, and running the
     same command again resumes."""
     makers = {"tokenizer.json": "tokenizer", **{name: s.name for s in STAGES for name in s.makes}}
     try:
+        dist.init()  # under torchrun: this rank's process group and device; else nothing (dist.py)
         args, cfg, stages = cli.parse_args(argv, __doc__, Config, PRESETS, NAMES, SYNTH_SIZE)
-        check_config(cfg)
+        cli.check_config(cfg, dist.world())
         if args.threads:
             torch.set_num_threads(args.threads)
-        if args.synth and not os.path.exists(args.data):
+        if args.synth and not os.path.exists(args.data) and dist.is_main():  # the other ranks wait for it
             cli.write_synth(args.data, SYNTH_SIZE[args.preset])
+        dist.barrier()
         ds = data.load(args.data)
         if args.encode:
             return encode_only(args.encode, ds, args.split, args.run, cfg.eval_k, makers) or 0
         cli.check_corpus(cfg, ds, args.data)
-        out = OutDir.create(args.out, makers)
-        out.claim(args.data, {k: v for k, v in dataclasses.asdict(cfg).items() if k not in UNTRAINED})
+        out = dist.outdir(args.out, makers)  # under torchrun rank 0 alone writes
+        out.claim(args.data, {k: v for k, v in dataclasses.asdict(cfg).items() if k not in cli.UNTRAINED})
         out.tidy()
         if out.exists("tokenizer.json"):
             out.load_tokenizer()
@@ -492,6 +489,8 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("interrupted: run the same command again to resume", file=sys.stderr)
         return 130
+    finally:
+        dist.close()
     return 0
 
 

@@ -63,7 +63,7 @@ def test_trained_de_beats_untrained(full_run, micro):
         scores, ids = d.retrieve(cfg.eval_k, de, {"train": qids})["train"]
         ranked = {q: {d.ds.pids[i]: s for i, s in zip(row, srow)} for q, row, srow in zip(qids, ids.tolist(), scores.tolist())}
         return evaluate.evaluate(d.ds.qrels["train"], ranked, ["mrr@10"])["all"]["mrr@10"]
-    untrained = out.new_model(DualEncoder, train.model_config(cfg, d), cfg.seed).eval()
+    untrained = out.new_model(DualEncoder, d.model_config(cfg), cfg.seed).eval()
     trained, untrained = mrr(out.load_model(DualEncoder, "de.pt")), mrr(untrained)
     assert trained > untrained + 0.1, (trained, untrained)
 
