@@ -6,13 +6,15 @@ NLTKWordTokenizer. Both are restated here from NLTK 3.5 (Apache License 2.0; the
 was published in 2021), so the metric needs no NLTK at run time:
 
 - `treebank(sentence)`: NLTKWordTokenizer's regular expressions, in NLTK 3.5's order. Later NLTK releases changed a
-  few rare cases (3.6: `more'n`, `wanna` and `'n`; 3.10: en/em dashes split off, runs of white space collapsed).
+  few rare cases (3.6: `more'n`, `wanna` before the end, a quote before `n`, `''`; 3.10: en/em dashes split off,
+  white space runs collapsed), so the test that compares with NLTK runs only under NLTK 3.5.
 - `sentences(text, params)`: Punkt's decision procedure (candidate ends `[.?!]`, the first pass, the second pass
   with the orthographic, collocation and sentence-starter heuristics, the realignment of closing quotes and
   brackets). Punkt's English model is data learnt from a corpus (abbreviations, collocations, sentence starters,
   orthographic contexts) shipped with NLTK's data, not with NLTK. Without it, DEFAULT_PARAMS knows a list of common
-  English abbreviations and nothing else, which differs from the English model only where a period follows an
-  abbreviation the list lacks, an initial or a number (one '.' token more or less; a token count shifts by one).
+  English abbreviations and nothing else, which can differ from the English model only at a period after a word
+  that one of them takes for an abbreviation, after an initial, a number or '...', where the model's learnt word
+  statistics decide (the difference: 'Inc.' against 'Inc' '.', one token more or less).
   For byte-exact numbers set XQG_PUNKT to the folder of NLTK's English model in tab form
   (`nltk_data/tokenizers/punkt_tab/english`: abbrev_types.txt, collocations.tab, sent_starters.txt,
   ortho_context.tab); `params()` then reads it.
