@@ -4,6 +4,7 @@
     python data.py check data/tiny                               # validate a data set, one-line summary
     python data.py show data/tiny --n 5                          # query / positive / hard negative per language
     python data.py import ddtp --from DIR --langs de,ja --out DIR  # a real data set from Debian's files (importers.py)
+    python data.py import xor-retrieve|mkqa|mrtydi ...           # the paper's benchmarks (benchmarks.py)
 
 A data set is a directory in the BEIR layout:
     corpus.jsonl           {"_id", "title", "text"}             the pivot-language passages
@@ -375,14 +376,29 @@ def main(argv=None):
     a = sub.add_parser("show", help="print examples per language")
     a.add_argument("dir")
     a.add_argument("--n", type=int, default=5)
-    a = sub.add_parser("import", help="convert a public data set to this layout (importers.py)")
-    a.add_argument("source", choices=["ddtp"], help="ddtp: Debian's translated package descriptions")
-    a.add_argument("--from", dest="src", required=True, help="folder with Translation-en and Translation-<lang> files")
-    a.add_argument("--langs", required=True, help="query languages, comma-separated (de,fr,ja,...)")
-    a.add_argument("--zero-shot", default="", help="languages of --langs that get no training queries")
+    a = sub.add_parser("import", help="convert a public data set to this layout (importers.py, benchmarks.py)")
+    a.add_argument("source", choices=["ddtp", "xor-retrieve", "mkqa", "mrtydi"],
+                   help="ddtp: Debian's translated package descriptions (importers.py); xor-retrieve, mkqa, mrtydi "
+                        "(Mr. TyDi or MIRACL): the paper's benchmarks (benchmarks.py)")
+    a.add_argument("--from", dest="src", help="ddtp: folder with Translation-en and Translation-<lang> files; "
+                                              "mrtydi: the unpacked folder of one language")
+    a.add_argument("--langs", default="", help="ddtp, mkqa: query languages, comma-separated (de,fr,ja,...)")
+    a.add_argument("--zero-shot", default="", help="ddtp: languages of --langs that get no training queries")
     a.add_argument("--out", required=True)
-    a.add_argument("--size", choices=["cpu", "full"], default="cpu")
+    a.add_argument("--size", choices=["cpu", "full"], default="cpu", help="ddtp")
     a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--passages", help="xor-retrieve, mkqa: DPR's English Wikipedia passages (psgs_w100.tsv)")
+    a.add_argument("--train", help="xor-retrieve, mkqa: XOR-TyDi training questions (jsonl)")
+    a.add_argument("--dev", help="xor-retrieve: questions for the dev split")
+    a.add_argument("--test", help="xor-retrieve: questions for the test split (papers report the published dev file)")
+    a.add_argument("--hold-out", type=int, default=0, help="xor-retrieve, mkqa: training questions moved to dev")
+    a.add_argument("--mkqa", help="mkqa: mkqa.jsonl or mkqa.jsonl.gz")
+    a.add_argument("--answer-lang", default="en", help="mkqa: the language of the answers matched (default en)")
+    a.add_argument("--max-positives", type=int, default=10, help="xor-retrieve, mkqa: answer passages judged a query")
+    a.add_argument("--keep-passages", type=int, help="xor-retrieve, mkqa, mrtydi: keep this many random passages "
+                                                     "plus the judged ones (changes the numbers); default: all")
+    a.add_argument("--lang", help="mrtydi: the language code of the queries and passages")
+    a.add_argument("--corpus", nargs="+", help="mrtydi: corpus files or folders (default: <from>/collection)")
     args = ap.parse_args(argv)
     try:
         if args.cmd == "synth":
@@ -394,10 +410,18 @@ def main(argv=None):
             print(f"wrote {args.out}: {stats['passages']} passages, {stats['queries']} queries")
         elif args.cmd == "import":
             sys.modules.setdefault("data", sys.modules[__name__])  # run as a script: importers' DataError is ours
-            import importers
-            split = lambda s: [x for x in s.split(",") if x]  # noqa: E731
-            stats = importers.ddtp(args.src, args.out, split(args.langs), split(args.zero_shot), args.size, args.seed)
-            print(f"wrote {args.out}: {stats['passages']} passages, {stats['queries']} queries")
+            if args.source == "ddtp":
+                import importers
+                if not (args.src and args.langs):
+                    raise DataError("ddtp: --from and --langs are required")
+                split = lambda s: [x for x in s.split(",") if x]  # noqa: E731
+                stats = importers.ddtp(args.src, args.out, split(args.langs), split(args.zero_shot), args.size,
+                                       args.seed)
+                print(f"wrote {args.out}: {stats['passages']} passages, {stats['queries']} queries")
+            else:
+                import benchmarks
+                stats = benchmarks.main_import(args)
+                print(f"wrote {args.out}: {stats['passages']} passages; see {args.out}/stats.json")
         elif args.cmd == "check":
             print(load(args.dir).summary())
         else:

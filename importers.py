@@ -481,16 +481,25 @@ def describe(stats, en, corpus, query, judged, langs):
 
 def write_dataset(out, files):
     """Write {relative path: text} into a fresh folder beside `out`, fsync each file, then rename it to `out`: a
-    crash leaves no half-written data set."""
+    crash leaves no half-written data set. A value may also be an iterable of strings (written as it is produced:
+    a corpus streamed from a large file), or a function called when its turn comes, returning either (None: no file).
+    On an error the fresh folder is removed."""
     tmp = f"{out.rstrip(os.sep)}.tmp{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    for name, text in files.items():
-        path = os.path.join(tmp, name)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+    try:
+        for name, text in files.items():
+            text = text() if callable(text) else text
+            if text is None:
+                continue
+            path = os.path.join(tmp, name)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "w", encoding="utf-8") as f:
+                f.writelines([text] if isinstance(text, str) else text)
+                f.flush()
+                os.fsync(f.fileno())
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if os.path.isdir(out):
         os.rmdir(out)  # empty, checked before
     os.replace(tmp, out)

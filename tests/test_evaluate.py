@@ -90,20 +90,40 @@ def test_answer_recall_truncates_the_last_passage():
     """Budget 2,000 tokens: pA gives 1,500, so pB contributes its first 500 (indices 0..499)."""
     passages = {
         "pA": " ".join(["w"] * 1500),
-        "pB": " ".join(["x"] * 499 + ["GOLDEN", "gate"] + ["y"] * 99),  # 'GOLDEN' is token 2,000, 'gate' 2,001
-        "pC": " ".join(["x"] * 498 + ["Golden", "Gate"]),                # both within the budget
+        "pB": " ".join(["x"] * 499 + ["Golden", "Gate"] + ["y"] * 99),  # 'Golden' is token 2,000, 'Gate' 2,001
+        "pC": " ".join(["x"] * 498 + ["Golden", "Gate", "yes"]),        # both within the budget
     }
-    qrels = {"q1": {"pA": 1}, "q2": {"pA": 1}, "q3": {"pA": 1}}
-    run = {"q1": {"pA": 2.0, "pB": 1.0}, "q2": {"pA": 2.0, "pC": 1.0}, "q3": {"pA": 2.0, "pC": 1.0}}
-    answers = {"q1": ["golden  gate"], "q2": ["nothing", "golden gate"]}  # q3: no answer string -> 0
+    qrels = {q: {"pA": 1} for q in ("q1", "q2", "q3", "q4", "q5")}
+    run = {"q1": {"pA": 2.0, "pB": 1.0}, **{q: {"pA": 2.0, "pC": 1.0} for q in ("q2", "q3", "q4", "q5")}}
+    answers = {"q1": ["Golden Gate"], "q2": ["nothing", "Golden Gate"],  # q3: no answer string -> 0
+               "q4": ["golden gate", "Golden  Gate"], "q5": ["yes", "no"]}  # as given, case and spaces: 0; yes/no: 0
     got = E.evaluate(qrels, run, ["r@2kt", "r@5kt"], answers=answers, passages=passages)
     assert E.evaluate({"q1": qrels["q1"]}, run, ["r@2kt", "r@5kt"], answers=answers, passages=passages)["all"] == \
         {"r@2kt": 0.0, "r@5kt": 1.0}
-    assert got["all"] == {"r@2kt": pytest.approx(1 / 3), "r@5kt": pytest.approx(2 / 3)}
+    assert got["all"] == {"r@2kt": pytest.approx(1 / 5), "r@5kt": pytest.approx(2 / 5)}
     with pytest.raises(E.EvalError, match="need answers"):
         E.evaluate(qrels, run, ["r@2kt"])
     with pytest.raises(E.EvalError, match="no passage text for document 'pB'"):
         E.evaluate(qrels, run, ["r@5kt"], answers=answers, passages={"pA": "w"})
+
+
+def test_answer_recall_official_tokens_by_hand():
+    """XOR-TyDi's rule on NLTK tokens, worked by hand (wordtok.word_tokenize; checked against NLTK 3.5):
+    p1 -> He moved to Paris , France .                                    (7 tokens)
+    p2 -> She said `` hi '' to Mr. Smith . Then left .                     (12: 'Mr.' is an abbreviation)
+    p3 -> 東京都は日本の首都である。                                          (1: no spaces, no split)"""
+    P = {"p1": "He moved to Paris, France.", "p2": 'She said "hi" to Mr. Smith. Then left.',
+         "p3": "東京都は日本の首都である。"}
+    r = lambda answers, budget, ranked=("p1", "p2"): E.answer_recall(list(ranked), answers, P, budget)  # noqa: E731
+    assert r(["Paris, France"], 7) == 0.0 and r(["Paris , France"], 7) == 1.0  # the comma is a token of its own
+    assert r(["Paris , France"], 5) == 0.0 and r(["Paris ,"], 5) == 1.0        # cut after ','
+    assert r(["France . She"], 7) == 0.0 and r(["France . She"], 8) == 1.0    # a match across two passages
+    assert r(["Mr. Smith"], 19) == 1.0 and r(["Mr . Smith"], 19) == 0.0 and r(["Smith ."], 19) == 1.0
+    assert r(['"hi"'], 19) == 0.0 and r(["`` hi ''"], 19) == 1.0               # quotes become `` and ''
+    assert r(["paris"], 19) == 0.0 and r(["the Beatles"], 19) == 0.0          # no case or article normalisation
+    assert r(["東京"], 1, ["p3"]) == 1.0 and r(["日本の首都"], 1, ["p3"]) == 1.0  # a substring of one CJK token
+    assert r(["東京 都"], 1, ["p3"]) == 0.0 and r(["首都である。 He"], 2, ["p3", "p1"]) == 1.0
+    assert r(["He"], 1, ["p3", "p1"]) == 0.0                                  # p3 is the whole budget of 1
 
 
 @pytest.mark.parametrize("name", ["recall", "ndcg@0", "r@kt", "mrr@x", "NDCG@10", "foo@3"])
