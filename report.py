@@ -22,7 +22,7 @@ def stage_eval(cfg, d, out):
     ds = d.ds
     os.makedirs(out.path("runs"), exist_ok=True)
     metrics = METRICS + (["r@2kt", "r@5kt"] if ds.answers else [])
-    passages = {pid: ds.passage_text(i) for i, pid in enumerate(ds.pids)} if ds.answers else None
+    passages = {pid: ds.texts[i] for i, pid in enumerate(ds.pids)} if ds.answers else None  # R@kt reads texts, no titles
     splits = d.eval_splits()
     results = {s: {} for s in splits}
     for name in ["bm25"] + [s for s in SYSTEMS if out.exists(f"{s}.pt")]:
