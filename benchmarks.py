@@ -1,12 +1,10 @@
-"""Importers for the paper's benchmarks, from their published files to the BEIR layout of data.py.
+"""Importers for the paper's answer benchmarks, XOR-Retrieve and MKQA: published files -> the BEIR layout of data.py.
 
     python data.py import xor-retrieve --train xor_train_retrieve_eng_span.jsonl \\
         --test xor_dev_retrieve_eng_span_v1_1.jsonl --hold-out 1000 --passages psgs_w100.tsv --out data/xor
     python data.py import mkqa --mkqa mkqa.jsonl.gz --langs ar,fi,ja,ko,ru,es,sv,he,th,da,de,fr,it,nl,pl,pt,hu,vi,\\
         ms,km,no,tr,zh_cn,zh_hk,zh_tw --train xor_train_retrieve_eng_span.jsonl --hold-out 1000 \\
         --passages psgs_w100.tsv --out data/mkqa
-    python data.py import mrtydi --from mrtydi-v1.1-japanese --lang ja --out data/mrtydi-ja
-    python data.py import mrtydi --from miracl-v1.0-ja --corpus miracl-corpus-v1.0-ja --lang ja --out data/miracl-ja
 Add `--keep-passages N` for a CPU-sized corpus (see below). Every error is one line `file:line: problem`.
 
 XOR-Retrieve (XOR-TyDi QA, AkariAsai/XORQA): question files, JSON lines {"id", "question", "lang", "answers": [str]}
@@ -31,18 +29,9 @@ A query with no such passage has no judgement and is therefore not evaluated (st
 official script would score it (almost always 0).
 --keep-passages N keeps N passages drawn at random (seeded) plus every kept positive, in file order: THIS CHANGES
 THE NUMBERS (a smaller corpus is easier; R@kt on it is not comparable with published results); without it the whole
-file is the corpus.
-
-Mr. TyDi (castorini/mr.tydi) and MIRACL (project-miracl/miracl): monolingual, judged by people. --from is the unpacked
-folder of one language: topics `qid<TAB>query` (Mr. TyDi `topic.<split>.tsv`, MIRACL
-`topics/topics.miracl-v1.0-<lang>-<split>.tsv`), qrels `qid Q0 docid relevance` (`qrels.<split>.txt`, MIRACL
-`qrels/qrels.miracl-v1.0-<lang>-<split>.tsv`; MIRACL's non-relevant judgements, 0, are kept as 0). The corpus
-(--corpus: files or folders of `*.jsonl` / `*.jsonl.gz`; default `<from>/collection`) holds {"id", "contents"}
-(Mr. TyDi) or {"docid", "title", "text"} (MIRACL). No answers. The passages are in the query language: train with
---pivot <lang>. --keep-passages N keeps every judged passage plus N others (seeded), in file order.
+file is the corpus. `Corpus` (that seeded sample, kept while the passages stream by) also serves mrtydi.py.
 """
 import csv
-import gzip
 import heapq
 import json
 import os
@@ -53,58 +42,12 @@ import unicodedata
 from collections import Counter
 
 from data import SPLITS, DataError
-from importers import write_dataset
+from readers import check_out, field, json_lines, qrels_text, rows_text, write_dataset
 
 MAX_POSITIVES = 10
 
 
-# ----------------------------------------------------------------------------- reading
-
-def text_lines(path):
-    """Yield (line number, line) of a UTF-8 text file, gzip-compressed or not, skipping blank lines; streamed."""
-    if not os.path.isfile(path):
-        raise DataError(f"{path}:0: file not found")
-    with open(path, "rb") as f:
-        gz = f.read(2) == b"\x1f\x8b"
-    i = 0
-    try:
-        with (gzip.open if gz else open)(path, "rb") as f:
-            for i, raw in enumerate(f, 1):
-                line = raw.decode("utf-8").rstrip("\r\n")
-                if line.strip():
-                    yield i, line
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}:{i}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
-    except (OSError, EOFError) as e:
-        raise DataError(f"{path}:{i + 1}: cannot read ({e})") from None
-
-
-def json_lines(path):
-    """Yield (line number, object) of a JSON-lines file (each line a JSON object)."""
-    for i, line in text_lines(path):
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{i}: invalid JSON ({e.msg})") from None
-        if not isinstance(row, dict):
-            raise DataError(f"{path}:{i}: expected a JSON object")
-        yield i, row
-
-
-def field(row, key, path, i, kind=str, optional=False):
-    """row[key] checked to be of `kind` (str: non-empty); -> the value (None if optional and absent)."""
-    v = row.get(key)
-    if v is None and optional:
-        return None
-    if kind is str and isinstance(v, int) and not isinstance(v, bool) and key in ("id", "example_id"):
-        v = str(v)  # ids written as JSON numbers
-    if not isinstance(v, kind) or (kind is str and not v.strip()):
-        want = "a non-empty string" if kind is str else f"a {kind.__name__}"
-        raise DataError(f"{path}:{i}: missing or invalid field {key!r} (expected {want})")
-    if kind is list and not all(isinstance(a, str) for a in v):
-        raise DataError(f"{path}:{i}: field {key!r} must be a list of strings")
-    return v
-
+# ----------------------------------------------------------------------------- questions
 
 def span_answers(answers):
     """The answers the official R@kt uses: not "yes" or "no", not empty; order kept, duplicates removed."""
@@ -244,31 +187,6 @@ def dpr_passages(path):
             raise DataError(f"{path}:{rows.line_num}: {e}") from None
 
 
-def corpus_files(paths):
-    """The *.jsonl / *.jsonl.gz files of `paths` (files, or folders read in name order)."""
-    out = []
-    for p in paths:
-        if os.path.isdir(p):
-            out += sorted(os.path.join(p, n) for n in os.listdir(p) if re.search(r"\.jsonl(\.gz)?$", n))
-        elif os.path.isfile(p):
-            out.append(p)
-        else:
-            raise DataError(f"{p}:0: not found (--corpus)")
-    if not out:
-        raise DataError(f"{paths[0] if paths else '--corpus'}:0: no .jsonl or .jsonl.gz file")
-    return out
-
-
-def jsonl_passages(paths):
-    """Yield (where, id, text, title) of Mr. TyDi ({"id", "contents"}) or MIRACL ({"docid", "title", "text"}) files."""
-    for path in corpus_files(paths):
-        for i, row in json_lines(path):
-            key = "docid" if "docid" in row else "id"
-            pid = field(row, key, path, i)
-            text = field(row, "text" if "text" in row else "contents", path, i)
-            yield f"{path}:{i}", pid, text, field(row, "title", path, i, optional=True) or ""
-
-
 def passage_line(pid, text, title):
     return json.dumps({"_id": pid, "title": title, "text": text}, ensure_ascii=False) + "\n"
 
@@ -366,22 +284,6 @@ def answer_benchmark(out, queries, passages, keep=None, max_positives=MAX_POSITI
     return stats
 
 
-def rows_text(rows):
-    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-
-
-def qrels_text(pairs, scores=None):
-    """BEIR qrels text of (qid, pid[, score]) pairs; None when there are none (no file)."""
-    if not pairs:
-        return None
-    return "query-id\tcorpus-id\tscore\n" + "".join(f"{p[0]}\t{p[1]}\t{p[2] if len(p) > 2 else 1}\n" for p in pairs)
-
-
-def check_out(out):
-    if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
-        raise DataError(f"{out}:0: exists and is not an empty directory (--out)")
-
-
 def question_splits(train=None, dev=None, test=None, hold_out=0, seed=0, stats=None):
     """XOR-TyDi question files -> queries with their split; --hold-out moves that many seeded training queries to
     dev (only without a dev file)."""
@@ -420,95 +322,9 @@ def mkqa(out, passages, mkqa_file, langs, answer_lang="en", train=None, hold_out
     return answer_benchmark(out, queries, passages, keep, max_positives, seed, stats)
 
 
-# ----------------------------------------------------------------------------- Mr. TyDi / MIRACL
-
-def split_files(src):
-    """{split: (topics path, qrels path)} found in src or src/topics, src/qrels (see the module docstring)."""
-    if not os.path.isdir(src):
-        raise DataError(f"{src}:0: not a directory (--from)")
-    names = [os.path.join(d, n) for d in (src, os.path.join(src, "topics"), os.path.join(src, "qrels"))
-             if os.path.isdir(d) for n in sorted(os.listdir(d))]
-    found = {}
-    for split in SPLITS:
-        pick = lambda stem, exts: [p for p in names if os.path.basename(p).startswith(stem) and  # noqa: E731
-                                   re.search(rf"[.-]{split}\.({exts})$", os.path.basename(p))]
-        topics, qrels = pick("topic", "tsv"), pick("qrels", "txt|tsv")
-        if len(topics) > 1 or len(qrels) > 1:
-            raise DataError(f"{src}:0: several {split} files: {', '.join(topics + qrels)}")
-        if qrels and not topics:
-            raise DataError(f"{qrels[0]}:0: no topics file for its {split} split")
-        if topics and qrels:
-            found[split] = (topics[0], qrels[0])
-    if not found:
-        raise DataError(f"{src}:0: no topic.<split>.tsv with a qrels.<split>.txt (Mr. TyDi) nor topics/ and qrels/ "
-                        f"files (MIRACL)")
-    return found
-
-
-def mrtydi(out, src, lang, corpus=None, keep=None, seed=0):
-    """A Mr. TyDi or MIRACL language folder (and its corpus) -> the BEIR layout; -> stats."""
-    check_out(out)
-    queries, judged, stats = {}, {}, {"source": "mrtydi", "lang": lang, "keep_passages": keep, "seed": seed}
-    for split, (tpath, qpath) in split_files(src).items():
-        for i, line in text_lines(tpath):
-            parts = line.split("\t")
-            if len(parts) != 2 or not parts[0].strip() or not parts[1].strip():
-                raise DataError(f"{tpath}:{i}: expected 'qid<TAB>query'")
-            if parts[0] in queries:
-                raise DataError(f"{tpath}:{i}: query id {parts[0]!r} also at {queries[parts[0]][2]}")
-            queries[parts[0]] = (parts[1], split, f"{tpath}:{i}")
-        judged[split], first = [], {}
-        for i, line in text_lines(qpath):
-            parts = line.split()
-            if len(parts) != 4 or not re.fullmatch(r"-?\d+", parts[3]):
-                raise DataError(f"{qpath}:{i}: expected 'qid Q0 docid relevance' with an integer relevance")
-            if queries.get(parts[0], (0, None))[1] != split:
-                raise DataError(f"{qpath}:{i}: query {parts[0]!r} is not in {os.path.basename(tpath)}")
-            if (parts[0], parts[2]) in first:
-                raise DataError(f"{qpath}:{i}: ({parts[0]!r}, {parts[2]!r}) is judged twice (first at line "
-                                f"{first[parts[0], parts[2]]})")
-            first[parts[0], parts[2]] = i
-            judged[split].append((parts[0], parts[2], int(parts[3]), f"{qpath}:{i}"))
-    if not any(judged.values()):
-        raise DataError(f"{src}:0: the qrels files hold no judgement")
-    need = {p: where for pairs in judged.values() for _, p, _, where in pairs}
-    docs = Corpus(keep, seed)
-
-    def scan():
-        for n, (where, pid, text, title) in enumerate(jsonl_passages(corpus or [os.path.join(src, "collection")])):
-            docs.add(n, where, pid, text, title, must=pid in need)
-            if keep is None:
-                yield passage_line(pid, text, title)
-        missing = [p for p in need if p not in docs.ids]
-        if missing:
-            raise DataError(f"{need[missing[0]]}: passage {missing[0]!r} is not in the corpus "
-                            f"({len(missing)} judged passages missing)")
-        if keep is not None:
-            yield from (passage_line(pid, text, title) for _, pid, text, title in docs.kept())
-
-    def stats_text():
-        stats.update(passages=len(docs.ids) if keep is None else len(docs.kept()), passages_read=len(docs.ids),
-                     queries={s: len({q for q, *_ in pairs}) for s, pairs in judged.items()},
-                     judgements={s: len(pairs) for s, pairs in judged.items()})
-        return json.dumps(stats, indent=1, ensure_ascii=False, sort_keys=True) + "\n"
-
-    files = {"corpus.jsonl": scan(),
-             "queries.jsonl": rows_text([{"_id": q, "text": t, "lang": lang} for q, (t, _, _) in queries.items()])}
-    files.update({f"qrels/{s}.tsv": qrels_text([(q, p, r) for q, p, r, _ in pairs]) for s, pairs in judged.items()})
-    files["stats.json"] = stats_text
-    write_dataset(out, files)
-    return stats
-
-
 def main_import(args):
-    """data.py's `import` subcommand for these sources; -> stats."""
+    """data.py's `import` subcommand for xor-retrieve and mkqa (--keep-passages checked there); -> stats."""
     split = lambda s: [x for x in s.split(",") if x]  # noqa: E731
-    if args.keep_passages is not None and args.keep_passages < 0:
-        raise DataError(f"--keep-passages must be >= 0, got {args.keep_passages}")
-    if args.source == "mrtydi":
-        if not (args.src and args.lang):
-            raise DataError("mrtydi: --from and --lang are required")
-        return mrtydi(args.out, args.src, args.lang, args.corpus, args.keep_passages, args.seed)
     if not args.passages:
         raise DataError(f"{args.source}: --passages (DPR's psgs_w100.tsv) is required")
     if args.max_positives < 1:
@@ -524,4 +340,4 @@ def main_import(args):
 
 
 if __name__ == "__main__":
-    sys.exit("run it as: python data.py import xor-retrieve|mkqa|mrtydi ...")
+    sys.exit("run it as: python data.py import xor-retrieve|mkqa ...")

@@ -4,7 +4,7 @@
     python data.py check data/tiny                               # validate a data set, one-line summary
     python data.py show data/tiny --n 5                          # query / positive / hard negative per language
     python data.py import ddtp --from DIR --langs de,ja --out DIR  # a real data set from Debian's files (importers.py)
-    python data.py import xor-retrieve|mkqa|mrtydi ...           # the paper's benchmarks (benchmarks.py)
+    python data.py import xor-retrieve|mkqa|mrtydi ...           # the paper's benchmarks (benchmarks.py, mrtydi.py)
 
 A data set is a directory in the BEIR layout:
     corpus.jsonl           {"_id", "title", "text"}             the pivot-language passages
@@ -376,10 +376,11 @@ def main(argv=None):
     a = sub.add_parser("show", help="print examples per language")
     a.add_argument("dir")
     a.add_argument("--n", type=int, default=5)
-    a = sub.add_parser("import", help="convert a public data set to this layout (importers.py, benchmarks.py)")
+    a = sub.add_parser("import", help="convert a public data set to this layout (importers.py, benchmarks.py, "
+                                      "mrtydi.py)")
     a.add_argument("source", choices=["ddtp", "xor-retrieve", "mkqa", "mrtydi"],
-                   help="ddtp: Debian's translated package descriptions (importers.py); xor-retrieve, mkqa, mrtydi "
-                        "(Mr. TyDi or MIRACL): the paper's benchmarks (benchmarks.py)")
+                   help="ddtp: Debian's translated package descriptions (importers.py); xor-retrieve, mkqa "
+                        "(benchmarks.py), mrtydi (Mr. TyDi or MIRACL, mrtydi.py): the paper's benchmarks")
     a.add_argument("--from", dest="src", help="ddtp: folder with Translation-en and Translation-<lang> files; "
                                               "mrtydi: the unpacked folder of one language")
     a.add_argument("--langs", default="", help="ddtp, mkqa: query languages, comma-separated (de,fr,ja,...)")
@@ -419,8 +420,16 @@ def main(argv=None):
                                        args.seed)
                 print(f"wrote {args.out}: {stats['passages']} passages, {stats['queries']} queries")
             else:
-                import benchmarks
-                stats = benchmarks.main_import(args)
+                if args.keep_passages is not None and args.keep_passages < 0:
+                    raise DataError(f"--keep-passages must be >= 0, got {args.keep_passages}")
+                if args.source == "mrtydi":
+                    import mrtydi
+                    if not (args.src and args.lang):
+                        raise DataError("mrtydi: --from and --lang are required")
+                    stats = mrtydi.mrtydi(args.out, args.src, args.lang, args.corpus, args.keep_passages, args.seed)
+                else:
+                    import benchmarks
+                    stats = benchmarks.main_import(args)
                 print(f"wrote {args.out}: {stats['passages']} passages; see {args.out}/stats.json")
         elif args.cmd == "check":
             print(load(args.dir).summary())

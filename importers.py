@@ -1,4 +1,4 @@
-"""Importers: public data in its published format -> the BEIR layout of data.py (what `data.load` reads).
+"""The DDTP importer: Debian's translated package descriptions -> the BEIR layout of data.py (what `data.load` reads).
 
     python data.py import ddtp --from DIR --langs de,fr,es,pl,fi,ru,uk,ja,ko,zh_CN --zero-shot fi,uk \\
         --out data/ddtp --size cpu --seed 0
@@ -18,8 +18,8 @@ of stanzas separated by blank lines:
 Acquire::Languages=en,de,... update` puts these files under /var/lib/apt/lists (name: the mirror, then
 `..._i18n_Translation-<lang>.lz4`, `pt_BR` spelt `pt%5fBR`); any file in DIR whose name ends in
 `Translation-<lang>` plus an optional compression suffix is read (several files of one language are read in
-name order). Plain, gzip, bzip2 and xz files are read by the standard library; lz4 frames by `lz4_decompress`
-below (the format is small, and no new dependency is needed). Compression is told by the magic bytes.
+name order). Plain, gzip, bzip2, xz and lz4 files are read by `readers.read_bytes` (compression told by the magic
+bytes; lz4 by the small decoder there, no new dependency).
 
 The data set, and the reasons for each choice:
 - Queries are the translated summaries, passages the English long descriptions (summary line not included, since
@@ -64,22 +64,18 @@ The data set, and the reasons for each choice:
 Wrapped lines of a paragraph are joined with a space, except between two wide (CJK) characters, where ja, zh and
 ko translators break lines inside words. Errors are one line, `file:line: problem` (lines of the decompressed text).
 """
-import bz2
-import gzip
 import hashlib
 import json
-import lzma
 import os
 import random
 import re
-import shutil
-import struct
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass
 from urllib.parse import unquote
 
 from data import SPLITS, DataError
+from readers import check_out, qrels_text, read_bytes, rows_text, write_dataset
 
 PIVOT = "en"
 SIZES = {  # per language: dev and test queries (at most); in all: training queries, passages; unlabelled per language
@@ -87,113 +83,6 @@ SIZES = {  # per language: dev and test queries (at most); in all: training quer
     "full": dict(test=500, dev=250, train=None, passages=None, unlabelled=50000),  # None: all there is
 }
 SHARE = {"test": 1 / 2, "dev": 1 / 4}  # the most of a language's queries a held-out split may take
-
-
-# ----------------------------------------------------------------------------- reading (compressed) files
-
-def read_bytes(path):
-    """The content of a plain, gzip, bzip2, xz or lz4 file, told by its first bytes."""
-    with open(path, "rb") as f:
-        raw = f.read()
-    try:
-        if raw[:2] == b"\x1f\x8b":
-            return gzip.decompress(raw)
-        if raw[:3] == b"BZh":
-            return bz2.decompress(raw)
-        if raw[:6] == b"\xfd7zXZ\x00":
-            return lzma.decompress(raw)
-    except (OSError, EOFError, ValueError, lzma.LZMAError) as e:
-        raise DataError(f"{path}:0: cannot decompress ({e})") from None
-    if raw[:4] == LZ4_MAGIC:
-        return lz4_decompress(raw, path)
-    return raw
-
-
-LZ4_MAGIC = b"\x04\x22\x4d\x18"
-
-
-def lz4_decompress(buf, path="<lz4>"):
-    """Decode an lz4 frame file (one frame or several, skippable frames allowed); checksums are skipped, the
-    content size is checked where the header gives one.
-
-    A frame: magic, a descriptor (FLG: version 01, block checksum, content size and checksum, dictionary flags;
-    BD: block size; the optional 8-byte content size and 4-byte dictionary id; a header checksum byte), then blocks,
-    each a 4-byte size (top bit set: stored uncompressed), the block, an optional 4-byte checksum, until a size of 0;
-    then an optional 4-byte content checksum. Blocks decode into one growing buffer, so matches may reach into
-    earlier blocks (linked blocks, what Debian's files use).
-    """
-    out, i = bytearray(), 0
-    try:
-        while i < len(buf):
-            magic, = struct.unpack_from("<I", buf, i)
-            if 0x184D2A50 <= magic <= 0x184D2A5F:  # a skippable frame
-                i += 8 + struct.unpack_from("<I", buf, i + 4)[0]
-                continue
-            if buf[i:i + 4] != LZ4_MAGIC:
-                raise ValueError(f"bad frame magic at byte {i}")
-            flg, start = buf[i + 4], len(out)
-            if flg >> 6 != 1 or flg & 1:
-                raise ValueError("unsupported frame version or dictionary")
-            size = struct.unpack_from("<Q", buf, i + 6)[0] if flg & 8 else None
-            i += 7 + (8 if flg & 8 else 0)
-            while True:
-                n, = struct.unpack_from("<I", buf, i)
-                i += 4
-                if n == 0:
-                    break
-                if n & 0x80000000:
-                    out += buf[i:i + (n & 0x7FFFFFFF)]
-                    n &= 0x7FFFFFFF
-                else:
-                    _lz4_block(buf, i, i + n, out)
-                i += n + (4 if flg & 0x10 else 0)
-            i += 4 if flg & 4 else 0
-            if i > len(buf):
-                raise ValueError("truncated frame")
-            if size is not None and len(out) - start != size:
-                raise ValueError(f"content size {size}, decoded {len(out) - start} bytes")
-    except (ValueError, IndexError, struct.error) as e:
-        raise DataError(f"{path}:0: corrupt lz4 data ({e})") from None
-    return bytes(out)
-
-
-def _lz4_block(src, i, end, out):
-    """Append the decoded lz4 block src[i:end] to out. Sequences: a token (high nibble: literal count, low nibble:
-    match length - 4; 15 means 'add the following bytes until one is not 255'), the literals, a 2-byte little-endian
-    offset back into out, the match length. The last sequence has literals only."""
-    while True:
-        token = src[i]
-        i += 1
-        n = token >> 4
-        if n == 15:
-            while src[i] == 255:
-                n += 255
-                i += 1
-            n += src[i]
-            i += 1
-        out += src[i:i + n]
-        i += n
-        if i >= end:
-            if i > end:
-                raise ValueError("literals run past the block")
-            return
-        offset = src[i] | src[i + 1] << 8
-        i += 2
-        m = token & 15
-        if m == 15:
-            while src[i] == 255:
-                m += 255
-                i += 1
-            m += src[i]
-            i += 1
-        m += 4
-        if not 0 < offset <= len(out):
-            raise ValueError(f"match offset {offset} out of range")
-        s = len(out) - offset
-        if m <= offset:
-            out += out[s:s + m]
-        else:  # the match overlaps its own output: a repeated pattern of `offset` bytes
-            out += (out[s:] * (m // offset + 1))[:m]
 
 
 # ----------------------------------------------------------------------------- DDTP stanzas
@@ -327,8 +216,7 @@ def ddtp(src, out, langs, zero_shot=(), size="cpu", seed=0):
         raise DataError(f"--langs: need distinct query languages other than {PIVOT!r}, got {','.join(langs)!r}")
     if set(zero_shot) - set(langs):
         raise DataError(f"--zero-shot: {','.join(sorted(set(zero_shot) - set(langs)))} not in --langs")
-    if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
-        raise DataError(f"{out}:0: exists and is not an empty directory (--out)")
+    check_out(out)
     en, conflicts = read_language(src, PIVOT)
     stats = {"source": "ddtp", "size": size, "seed": seed, "zero_shot": zero_shot,
              "english": {"descriptions": len(en), "conflicting": conflicts}, "languages": {}}
@@ -362,11 +250,8 @@ def ddtp(src, out, langs, zero_shot=(), size="cpu", seed=0):
                               for s in SPLITS for lang, r in judged[s]],
             "translations.jsonl": [{"_id": qid(lang, r), "text": en[r].summary}
                                    for s in SPLITS for lang, r in judged[s]]}
-    files = {name: "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rs) for name, rs in rows.items()}
-    for s in SPLITS:
-        if judged[s]:
-            files[f"qrels/{s}.tsv"] = "query-id\tcorpus-id\tscore\n" + "".join(f"{qid(lang, r)}\t{r}\t1\n"
-                                                                              for lang, r in judged[s])
+    files = {name: rows_text(rs) for name, rs in rows.items()}
+    files.update({f"qrels/{s}.tsv": qrels_text([(qid(lang, r), r) for lang, r in judged[s]]) for s in SPLITS})
     for lang, lines in unlabelled.items():
         if lines:
             files[f"unlabelled/{lang}.txt"] = "".join(line + "\n" for line in lines)
@@ -477,29 +362,3 @@ def describe(stats, en, corpus, query, judged, langs):
         d["shares_word"] = round(sum(bool(set(norm(t).split()) & set(norm(" ".join(en[r].paras)).split()))
                                      for r, t in pairs) / max(1, len(pairs)), 3)
         d["query_names_package"] = round(sum(names(r, t) for r, t in pairs) / max(1, len(pairs)), 3)
-
-
-def write_dataset(out, files):
-    """Write {relative path: text} into a fresh folder beside `out`, fsync each file, then rename it to `out`: a
-    crash leaves no half-written data set. A value may also be an iterable of strings (written as it is produced:
-    a corpus streamed from a large file), or a function called when its turn comes, returning either (None: no file).
-    On an error the fresh folder is removed."""
-    tmp = f"{out.rstrip(os.sep)}.tmp{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        for name, text in files.items():
-            text = text() if callable(text) else text
-            if text is None:
-                continue
-            path = os.path.join(tmp, name)
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            with open(path, "w", encoding="utf-8") as f:
-                f.writelines([text] if isinstance(text, str) else text)
-                f.flush()
-                os.fsync(f.fileno())
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if os.path.isdir(out):
-        os.rmdir(out)  # empty, checked before
-    os.replace(tmp, out)

@@ -1,4 +1,4 @@
-"""benchmarks.py: XOR-Retrieve, MKQA and Mr. TyDi / MIRACL importers on small invented files written in each
+"""benchmarks.py, mrtydi.py: XOR-Retrieve, MKQA and Mr. TyDi / MIRACL importers on small invented files written in each
 benchmark's published format (field names from their documentation), the heuristic qrels by DPR's has_answer
 worked by hand, the passage subset, and one-line `file:line` errors that leave nothing behind."""
 import gzip
@@ -10,6 +10,7 @@ import pytest
 
 import benchmarks as B
 import data
+import mrtydi as M
 from data import DataError
 
 PASSAGES = [  # id, text, title: DPR's tsv quotes the text, doubling inner quotes
@@ -172,11 +173,11 @@ def mrtydi_dir(root):
 
 def test_mrtydi_and_miracl(tmp_path):
     src = mrtydi_dir(str(tmp_path / "mrtydi-v1.1-japanese"))
-    stats = B.mrtydi(str(tmp_path / "a"), src, "ja")
+    stats = M.mrtydi(str(tmp_path / "a"), src, "ja")
     ds = data.load(str(tmp_path / "a"))
     assert ds.qrels == {"train": {"1": {"10#0": 1}, "2": {"11#1": 1}}, "test": {"7": {"12#0": 1}}}
     assert len(ds.pids) == 6 and ds.texts[0] == "passage 0" and ds.lang["7"] == "ja" and stats["passages"] == 6
-    B.mrtydi(str(tmp_path / "b"), src, "ja", keep=1, seed=0)
+    M.mrtydi(str(tmp_path / "b"), src, "ja", keep=1, seed=0)
     pids = data.load(str(tmp_path / "b")).pids
     assert len(pids) == 4 and {"10#0", "11#1", "12#0"} <= set(pids)
     m = str(tmp_path / "miracl-v1.0-ja")  # MIRACL: topics/ and qrels/ folders, tab-separated qrels with 0s
@@ -185,7 +186,7 @@ def test_mrtydi_and_miracl(tmp_path):
     write(f"{m}/qrels/qrels.miracl-v1.0-ja-dev.tsv", "31\tQ0\t5#0\t1\n31\tQ0\t5#1\t0\n")
     corpus = [{"docid": "5#0", "title": "題", "text": "本文"}, {"docid": "5#1", "title": "題", "text": "別"}]
     write(f"{tmp_path}/miracl-corpus-v1.0-ja/docs-0.jsonl.gz", jsonl(corpus), gz=True)
-    B.mrtydi(str(tmp_path / "c"), m, "ja", [str(tmp_path / "miracl-corpus-v1.0-ja")])
+    M.mrtydi(str(tmp_path / "c"), m, "ja", [str(tmp_path / "miracl-corpus-v1.0-ja")])
     ds = data.load(str(tmp_path / "c"))
     assert ds.qrels == {"dev": {"31": {"5#0": 1, "5#1": 0}}} and ds.titles == ["題", "題"] and "90" not in ds.queries
 
@@ -202,7 +203,7 @@ def test_mrtydi_errors(tmp_path, name, text, message):
     src = mrtydi_dir(str(tmp_path / "src"))
     path = write(f"{src}/{name}", text)
     with pytest.raises(DataError) as e:
-        B.mrtydi(str(tmp_path / "out"), src, "ja")
+        M.mrtydi(str(tmp_path / "out"), src, "ja")
     assert str(e.value).startswith(path + message), str(e.value)
     assert not os.path.exists(tmp_path / "out")
 

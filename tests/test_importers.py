@@ -1,5 +1,5 @@
-"""importers.py: lz4 frames, every compression, DDTP stanzas and their errors, and the DDTP data set's promises
-(one passage per family, package-level splits, no held-out text in unlabelled, determinism), on small invented
+"""importers.py and readers.py: lz4 frames, every compression, DDTP stanzas and their errors, and the DDTP data
+set's promises (one passage per family, package-level splits, no held-out text in unlabelled, determinism), on small invented
 Translation files written here."""
 import bz2
 import gzip
@@ -15,6 +15,7 @@ import pytest
 
 import data
 import importers
+import readers
 from data import DataError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,7 +28,7 @@ def frame(*blocks, flg=0x60, content_size=None):
     """An lz4 frame of raw blocks: (bytes, compressed?) each; FLG 0x60 = version 01, independent blocks."""
     head = bytes([flg | (8 if content_size is not None else 0), 0x40])
     head += content_size.to_bytes(8, "little") if content_size is not None else b""
-    out = importers.LZ4_MAGIC + head + b"\x00"  # header checksum byte: not checked
+    out = readers.LZ4_MAGIC + head + b"\x00"  # header checksum byte: not checked
     for raw, compressed in blocks:
         out += (len(raw) | (0 if compressed else 0x80000000)).to_bytes(4, "little") + raw
     return out + b"\x00\x00\x00\x00"
@@ -39,11 +40,11 @@ def test_lz4_hand_built_frames():
     block = bytes([0x22]) + b"ab" + bytes([2, 0, 0x10]) + b"c"
     buf = (b"\x50\x2a\x4d\x18" + (4).to_bytes(4, "little") + b"junk"
            + frame((block, True), (b"xyz", False)) + frame((b"hi", False), content_size=2))
-    assert importers.lz4_decompress(buf) == b"ababababcxyzhi"
+    assert readers.lz4_decompress(buf) == b"ababababcxyzhi"
     # long literal run (15 + 5 = 20) and long match (15 + 255 + 1 + 4 = 275 bytes at offset 1)
     lits = b"0123456789abcdefghij"
     block = bytes([0xFF, 5]) + lits + bytes([1, 0, 255, 1, 0x10]) + b"k"
-    assert importers.lz4_decompress(frame((block, True))) == lits + b"j" * 275 + b"k"
+    assert readers.lz4_decompress(frame((block, True))) == lits + b"j" * 275 + b"k"
 
 
 @pytest.mark.parametrize("buf, problem", [
@@ -55,7 +56,7 @@ def test_lz4_hand_built_frames():
 ])
 def test_lz4_corrupt_data_is_one_line(buf, problem):
     with pytest.raises(DataError, match=rf"^x.lz4:0: corrupt lz4 data \(.*{problem}"):
-        importers.lz4_decompress(buf, "x.lz4")
+        readers.lz4_decompress(buf, "x.lz4")
 
 
 @pytest.mark.skipif(shutil.which("lz4") is None, reason="the lz4 program is not installed")
@@ -66,7 +67,7 @@ def test_lz4_equals_the_lz4_program(tmp_path, flags):
     raw = b"".join(rng.choice(words) for _ in range(60000)) + bytes(rng.randrange(256) for _ in range(5000))
     (tmp_path / "x").write_bytes(raw)
     subprocess.run(["lz4", "-q", "-f", *flags, str(tmp_path / "x"), str(tmp_path / "x.lz4")], check=True)
-    assert importers.lz4_decompress((tmp_path / "x.lz4").read_bytes()) == raw
+    assert readers.lz4_decompress((tmp_path / "x.lz4").read_bytes()) == raw
 
 
 # ----------------------------------------------------------------------------- stanzas
@@ -177,7 +178,7 @@ def test_compressions_and_file_names(tmp_path):
         importers.translation_files(str(d), "en")
     (d / "bad_Translation-de.xz").write_bytes(b"\xfd7zXZ\x00garbage")
     with pytest.raises(DataError, match=r"bad_Translation-de.xz:0: cannot decompress"):
-        importers.read_bytes(str(d / "bad_Translation-de.xz"))
+        readers.read_bytes(str(d / "bad_Translation-de.xz"))
 
 
 def test_two_files_of_one_language_merge_and_conflicts_drop(tmp_path):
