@@ -17,7 +17,6 @@ import torch.multiprocessing as mp
 import dist
 import losses
 import search
-import synth
 import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -35,13 +34,6 @@ def free_port():
 
 def weights(out, name):
     return torch.load(os.path.join(out, name), weights_only=True)["model"]
-
-
-@pytest.fixture(scope="module")
-def micro(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("data"))
-    synth.generate(root, "micro", seed=0)
-    return root
 
 
 # ----------------------------------------------------------------------------- in 2 processes spawned here

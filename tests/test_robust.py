@@ -14,7 +14,6 @@ import torch
 
 import data
 import outdir
-import synth
 import train
 from model import Encoder
 from outdir import OutDir, Stop
@@ -22,13 +21,6 @@ from outdir import OutDir, Stop
 MICRO = ["--preset", "micro", "--log-every", "60"]
 SHORT = [*MICRO, "--mlm-steps", "2", "--denoise-steps", "2", "--de-steps", "2"]  # the `trained` folder's settings
 STAGES = "tokenizer, pretrain, de, qg, ce, teach, kd, align, drdecr, eval"
-
-
-@pytest.fixture(scope="module")
-def micro(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("data"))
-    synth.generate(root, "micro", seed=0)
-    return root
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ import torch
 
 import data
 import evaluate
-import synth
 import train
 from model import DualEncoder
 from outdir import OutDir
@@ -18,13 +17,6 @@ import report
 from report import METRICS, SYSTEMS
 
 MICRO = ["--preset", "micro", "--log-every", "60"]  # the tests' settings are the micro preset
-
-
-@pytest.fixture(scope="module")
-def micro(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("data"))
-    synth.generate(root, "micro", seed=0)
-    return root
 
 
 @pytest.fixture(scope="module")
