@@ -19,7 +19,6 @@ What the N ranks do (train.py, encoded.py and report.py call the functions below
 
 Shapes: N ranks, Q queries, k results, d dims.
 """
-import io
 import os
 import sys
 
@@ -28,7 +27,7 @@ import torch.distributed as tdist
 from torch.nn.parallel import DistributedDataParallel
 
 import search
-from outdir import OutDir, atomic_write
+from outdir import OutDir
 
 
 def active():
@@ -223,14 +222,12 @@ class RankZeroOutDir(OutDir):
 
     def write_text(self, name, text):
         if is_main():
-            atomic_write(self.path(name), text)
+            super().write_text(name, text)
         barrier()
 
     def save(self, name, obj):
         if is_main():
-            buf = io.BytesIO()
-            torch.save(obj, buf)
-            atomic_write(self.path(name), buf.getvalue())
+            super().save(name, obj)
         barrier()
 
     def save_progress(self, name, model, opt, gen, step):
