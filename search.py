@@ -30,6 +30,7 @@ import math
 import os
 import sys
 import time
+from contextlib import contextmanager
 from fractions import Fraction
 from itertools import chain
 
@@ -61,15 +62,25 @@ def select_topk(s, k):
     return vals, cols.gather(1, order)
 
 
-def merge_topk(s1, i1, s2, i2, k):
-    """The first k of two lists [R, k1], [R, k2], each in (score desc, id asc) order, where every id of the second
-    is higher than every id of the first: -> scores, ids [R, min(k, k1 + k2)].
-
-    Concatenated, equal scores stand in ascending id order, so a stable sort on the score keeps the tie rule.
-    """
-    s, i = torch.cat([s1, s2], 1), torch.cat([i1, i2], 1)
-    s, order = s.sort(dim=1, descending=True, stable=True)
-    return s[:, :k], i.gather(1, order[:, :k])
+def top_of(key, v, Qb, k):
+    """The tie-exact top k of each query among pairs key = passage id * Qb + query row with scores v (1-D, not NaN)
+    -> (scores [Qb, k], ids [Qb, k]) in the order (score descending, id ascending), padded with -inf / -1 where a
+    query has fewer than k pairs. One sort by key (ids ascending within each query), then one stable sort by
+    (query, score), the float32 scores through an order-preserving integer image of their bits."""
+    o = torch.argsort(key)
+    key, v = key[o], v[o] + 0.0                                              # -0.0 -> 0.0: equal scores, equal bits
+    b = v.view(torch.int32)
+    b = (b ^ ((b >> 31) & 0x7FFFFFFF)).long()                                # increasing with v
+    row = key % Qb
+    o = torch.argsort(row * (1 << 33) - b, stable=True)                      # query ascending, score descending
+    key, v, row = key[o], v[o], row[o]
+    counts = torch.bincount(row, minlength=Qb)
+    rank = torch.arange(len(key), device=key.device) - (counts.cumsum(0) - counts)[row]
+    ok = rank < k
+    out_v = torch.full((Qb, k), -math.inf, device=v.device)
+    out_i = torch.full((Qb, k), -1, dtype=torch.long, device=v.device)
+    out_v[row[ok], rank[ok]], out_i[row[ok], rank[ok]] = v[ok], key[ok] // Qb
+    return out_v, out_i
 
 
 # ----------------------------------------------------------------------------- exact scores
@@ -88,8 +99,7 @@ def _f32_nearest(a, b):
 
 def pair_scores(q, p, qi, pi, chunk=1 << 20):
     """Correctly rounded inner products: q [Q, d], p [N, d] float32, qi, pi [P] rows -> [P] float32, the float32
-    nearest the exact real q[qi] . p[pi] (ties to even). These are the scores every path of this module returns, so
-    results do not depend on BLAS kernels, block shapes, thread counts, precision or device.
+    nearest the exact real q[qi] . p[pi] (ties to even). Every path of this module returns these scores.
 
     Why exact: a product of two float32 is exact in float64 (24 + 24 significant bits <= 53), so a float64 sum s64 of
     the d products, in whatever order the kernel adds them, is within gamma_{d-1} sum |q_i p_i| of the exact sum,
@@ -133,53 +143,39 @@ def pair_scores(q, p, qi, pi, chunk=1 << 20):
     return out
 
 
-def _check(q, p, k):
-    if q.dim() != 2 or p.dim() != 2 or q.shape[1] != p.shape[1]:
-        raise ValueError(f"exact_topk: need q [Q, d] and p [N, d], got {tuple(q.shape)} and {tuple(p.shape)}")
-    if q.dtype != torch.float32 or p.dtype != torch.float32:
-        raise ValueError(f"exact_topk: need float32 tensors, got {q.dtype} and {p.dtype}")
-    if q.device != p.device:
-        raise ValueError(f"exact_topk: q is on {q.device} but p on {p.device}")
-    if not 1 <= k <= len(p):
-        raise ValueError(f"exact_topk: k = {k} must be in 1..N = {len(p)} (pass min(k, N))")
-
-
+# ----------------------------------------------------------------------------- first-pass error bounds
 def _norm_bound(x):
     """Upper bounds of the rows' Euclidean norms [R] float64 (the float32 norm, raised past its rounding error)."""
     return torch.linalg.vector_norm(x, dim=1, dtype=torch.float32).double() * (1 + (x.shape[1] + 4) * 2.0 ** -23)
 
 
 def _fp32_matmul_is_ieee(device):
-    """False when torch is allowed to run float32 matmuls with rounded inputs (TF32 on CUDA, bf16 in oneDNN)."""
+    """False when torch may run float32 matmuls with rounded inputs (TF32 on CUDA, bf16 in oneDNN)."""
     backend = torch.backends.cuda.matmul if device.type == "cuda" else getattr(torch.backends.mkldnn, "matmul", None)
     flag = getattr(backend, "fp32_precision", None)
-    if flag is not None:
-        return flag in ("none", "ieee")
-    return torch.get_float32_matmul_precision() == "highest"
+    return flag in ("none", "ieee") if flag is not None else torch.get_float32_matmul_precision() == "highest"
 
 
 def _error_bound(qa, ql, qn, pmax, precision):
-    """(A [Qb] float64, B): |s_hat - c| <= A + B |s_hat| for every passage p (|p| <= pmax), where s_hat is the
-    first pass's score of q . p and c the returned score (pair_scores). With s the exact q . p, |q| <= qn [Qb]:
-      c:      |c - s| <= U32 |s| <= U32 qn pmax                                     (one rounding of s)
-      fp32:   |s_hat - s| <= gamma sum |q_i p_i| <= gamma qn pmax                    (Cauchy-Schwarz)
-              gamma = 2d U32 / (1 - 2d U32): twice the bound for any summation order of d products, FMA or not
-              (Higham eq. 3.5); B = 0.
+    """(A [Qb] float64, B): |s_hat - c| <= A + B |s_hat| for every passage p with |p| <= pmax, where s_hat is the
+    first pass's score of q . p and c the returned one (pair_scores). With s the exact q . p and |q| <= qn [Qb]:
+      c:      |c - s| <= U32 |s| <= U32 qn pmax                                           (one rounding of s)
+      fp32:   |s_hat - s| <= gamma sum |q_i p_i| <= gamma qn pmax (Cauchy-Schwarz), gamma = 2d U32 / (1 - 2d U32):
+              twice the bound for any summation order of d products, with FMA or without (Higham eq. 3.5); B = 0.
       bf16:   q~ = bf16(q), p~ = bf16(p), |p~_i - p_i| <= UBF |p_i|, so |p~ - p| <= UBF |p|, |p~| <= (1 + UBF) |p|;
-              q~.p~ - q.p = (q~ - q).p~ + q.(p~ - p), so |q~.p~ - q.p| <= |q~ - q| (1 + UBF) pmax + qn UBF pmax.
-              The kernel sums the exact products q~_i p~_i in float32 (oneDNN, AVX512_BF16 / AMX: float32
-              accumulators; tests/test_search.py checks this bound on the machine): acc within
-              gamma (1 + UBF)^2 qn pmax of q~.p~; acc rounded to bf16: |s_hat - acc| <= UBF |acc|
-              <= UBF / (1 - UBF) |s_hat| = B |s_hat|.
-      fp32 matmuls allowed rounded inputs (TF32, bf16; _fp32_matmul_is_ieee): as bf16 with |q~ - q| <= UBF qn, B = 0.
-    Plus eta = d 2^-120 (1 + qn)(1 + pmax) for denormals flushed to zero, far above what they can cost.
-    """
-    d = qa.shape[1]
-    gamma = 2 * d * U32 / (1 - 2 * d * U32)
-    eta = d * 2.0 ** -120 * (1 + qn) * (1 + pmax)
+              q~.p~ - q.p = (q~ - q).p~ + q.(p~ - p), so |q~.p~ - q.p| <= |q~ - q| (1 + UBF) pmax + qn UBF pmax
+              (|q~ - q| measured: about 0.42 UBF |q| on random data).
+              The kernel sums the exact products q~_i p~_i in float32 (oneDNN with AVX512_BF16 or AMX, cuBLAS:
+              float32 accumulators; tests/test_search.py checks the bound on the machine it runs on): acc is within
+              gamma (1 + UBF)^2 qn pmax of q~.p~; then rounded to bf16, |s_hat - acc| <= UBF |acc| <= B |s_hat|,
+              B = UBF / (1 - UBF).
+      fp32 matmuls allowed rounded inputs (TF32, bf16; _fp32_matmul_is_ieee): as bf16, |q~ - q| <= UBF qn, B = 0.
+    Plus eta = d 2^-120 (1 + qn)(1 + pmax) for denormals flushed to zero, far above what they can cost."""
+    gamma = 2 * qa.shape[1] * U32 / (1 - 2 * qa.shape[1] * U32)
+    eta = qa.shape[1] * 2.0 ** -120 * (1 + qn) * (1 + pmax)
     if precision == "fp32" and _fp32_matmul_is_ieee(qa.device):
         return (gamma + U32) * qn * pmax + eta, 0.0
-    eq = _norm_bound(qa - ql.float()) if precision == "bf16" else UBF * qn                   # |q~ - q|
+    eq = _norm_bound(qa - ql.float()) if precision == "bf16" else UBF * qn  # |q~ - q| (q~ - q exact: Sterbenz)
     A = eq * (1 + UBF) * pmax + qn * UBF * pmax + (gamma * (1 + UBF) ** 2 + U32) * qn * pmax + eta
     return A, (UBF / (1 - UBF) if precision == "bf16" else 0.0)
 
@@ -199,156 +195,157 @@ def _threshold(R, A, B, dtype, exact=False):
     return torch.where(out.double() > t, torch.nextafter(out, torch.full_like(out, -math.inf)), out)
 
 
+# ----------------------------------------------------------------------------- dense exact top-k
+def _check(q, p, k):
+    if q.dim() != 2 or p.dim() != 2 or q.shape[1] != p.shape[1]:
+        raise ValueError(f"exact_topk: need q [Q, d] and p [N, d], got {tuple(q.shape)} and {tuple(p.shape)}")
+    if q.dtype != torch.float32 or p.dtype != torch.float32:
+        raise ValueError(f"exact_topk: need float32 tensors, got {q.dtype} and {p.dtype}")
+    if q.device != p.device:
+        raise ValueError(f"exact_topk: q is on {q.device} but p on {p.device}")
+    if not 1 <= k <= len(p):
+        raise ValueError(f"exact_topk: k = {k} must be in 1..N = {len(p)} (pass min(k, N))")
+
+
 def _matmul(p_block, ql, out):
     """out [B, Qb] = p_block [B, d] @ ql^T [d, Qb], both float32 or both bf16; on CUDA, bf16 products are summed in
     float32 (no reduced-precision split-k reductions)."""
-    if p_block.is_cuda and ql.dtype == torch.bfloat16:
-        flags = torch.backends.cuda.matmul
-        old, flags.allow_bf16_reduced_precision_reduction = flags.allow_bf16_reduced_precision_reduction, False
-        try:
-            return torch.mm(p_block, ql.T, out=out)
-        finally:
-            flags.allow_bf16_reduced_precision_reduction = old
-    return torch.mm(p_block, ql.T, out=out)
+    if not (p_block.is_cuda and ql.dtype == torch.bfloat16):
+        return torch.mm(p_block, ql.T, out=out)
+    flags = torch.backends.cuda.matmul
+    old, flags.allow_bf16_reduced_precision_reduction = flags.allow_bf16_reduced_precision_reduction, False
+    try:
+        return torch.mm(p_block, ql.T, out=out)
+    finally:
+        flags.allow_bf16_reduced_precision_reduction = old
 
 
-# ----------------------------------------------------------------------------- dense exact top-k
-def _blocks(Q, N, q_block, p_block, score_bytes, multiple=1):
-    """(queries, passages) per block: all queries up to 1024, and passages so that a block of scores takes about
-    score_bytes (at most N), rounded up to a multiple; q_block / p_block override."""
-    qb = max(1, q_block or min(Q, 1024))
-    pb = p_block or min(N, max(256, score_bytes // (4 * qb)))
-    return qb, -(-pb // multiple) * multiple
-
-
-def _merge_candidates(best_s, best_i, key, cs, k):
-    """Merge candidates into the running top-k best_s, best_i [Qb, k], in place, for the query rows concerned.
-
-    key = passage id * Qb + query row and cs = score, 1-D, every id above the ids in best. A candidate not above its
-    query's current k-th best score cannot enter (a tie goes to the lower id, already in best): dropped first.
-    """
-    Qb = len(best_s)
-    ok = cs > best_s[:, -1][key % Qb]
-    key, cs = key[ok], cs[ok]
-    if not len(key):
-        return
-    cq, ci = key % Qb, key // Qb
-    order = torch.argsort(cq * (int(ci.max()) + 1) + ci)                    # by query, then ascending id
-    cq, ci, cs = cq[order], ci[order], cs[order]
-    counts = torch.bincount(cq, minlength=Qb)                                # candidates per query   [Qb]
-    rows = counts.nonzero().squeeze(1)                                       # the queries concerned  [R]
-    col = torch.arange(len(cq), device=cq.device) - (counts.cumsum(0) - counts)[cq]  # place within its query
-    slot = torch.empty_like(counts)
-    slot[rows] = torch.arange(len(rows), device=rows.device)
-    pad_s = torch.full((len(rows), int(counts.max())), -math.inf, device=cs.device)  # [R, most candidates]
-    pad_i = torch.full(pad_s.shape, -1, dtype=torch.long, device=ci.device)
-    pad_s[slot[cq], col], pad_i[slot[cq], col] = cs, ci
-    best_s[rows], best_i[rows] = merge_topk(best_s[rows], best_i[rows], pad_s, pad_i, k)
+@contextmanager
+def _one_thread(device):
+    """Run the many small selection ops on one CPU thread: each parallel op waits for its slowest thread, and on
+    busy cores that wait, not the arithmetic, decides (2 threads at load 6 ran 5-20x slower than one)."""
+    n = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
 
 
 def topk_threshold(q, p, k, precision="fp32", q_block=None, p_block=None, first_block=None, group=16,
                    merge_every=128):
     """Exact top-k in two steps: a first pass (a float32 or bfloat16 matmul) keeps every passage that can still be
-    in a query's top k, then pair_scores scores the kept ones exactly and the tie-exact top k is taken from them.
+    in a query's top k, then _exact_top scores the kept ones exactly and takes the tie-exact top k.
 
     For each block of queries qa [Qb, d], for each block of B passages (the first one larger, first_block):
       s_hat = p_block @ qa^T in the first pass's precision, into one reused buffer                   [B, Qb]
       m = max of s_hat over groups of G consecutive passages                                          [B/G, Qb]
       the s_hat >= thr of each (group, query) pair with m >= thr are kept as candidates,
     where thr = _threshold(R) and k passages have s_hat >= R: in the first block, R is the k-th largest maximum over
-    groups of ~B / (4k) passages (k groups reach it, so k passages do); then each query's k-th best s_hat among the
-    candidates, merged into a running top k of s_hat once they exceed merge_every * Qb (and after the first and the
-    last block); kept candidates below the new thr are dropped. Exact: thr only falls below what a passage of the
-    true top k (ties included) must reach, so none is dropped; and the k best s_hat are kept. At the end the running
-    top k of s_hat is scored exactly; its k-th best exact score c_k is a lower bound of the final k-th best, so only
-    the kept that can reach c_k (_threshold with exact=True) are scored too.
-    The first block is large (default 128 MiB of scores) so that R starts near its final value: a running k-th best
-    lets in about k ln(N / B_first) passages per query that later fall out.
+    groups of ~B / (4k) passages (k groups reach it, so k passages do); then the k-th best s_hat of a running top k
+    into which candidates are merged once they exceed merge_every * Qb (and after the first and the last block),
+    and the kept candidates below the new thr are dropped. Exact: thr never exceeds what a passage of the true top
+    k (ties included) must reach, so none is dropped; and the k best s_hat stay. When near-ties keep more than
+    32 Qb k candidates, they are cut to the exact top k so far. The first block is large (128 MiB of scores on a
+    CPU) so that R starts near its final value: a running k-th best lets in about k ln(N / B_first) passages per
+    query that later fall out.
     Extra memory: the score buffer, one passage block in the first pass's dtype, the candidates, the [Q, k] results.
     """
     _check(q, p, k)
     if precision not in ("fp32", "bf16"):
         raise ValueError(f"exact_topk: precision {precision!r} must be 'auto', 'fp32' or 'bf16'")
-    N, G = len(p), group
+    N, G, dev = len(p), group, q.device
     dt = torch.bfloat16 if precision == "bf16" else torch.float32
-    size = dt.itemsize
-    qb, pb = _blocks(len(q), N, q_block, p_block, (1 << 30 if q.is_cuda else 1 << 23 if size == 2 else 1 << 27) // size,
-                     multiple=G)
-    first = first_block or max(pb, (1 << 30 if q.is_cuda else 1 << 27) // (size * qb))
-    first = -(-min(N, first) // G) * G                                       # a multiple of G
-    out_s = torch.empty(len(q), k, device=q.device)
-    out_i = torch.empty(len(q), k, dtype=torch.long, device=q.device)
+    budget = (1 << 30 if q.is_cuda else 1 << 27) // dt.itemsize  # scores in the first block
+    qb = max(1, q_block or min(len(q), 1024))
+    pb = p_block or min(N, max(256, (budget if q.is_cuda or dt == p.dtype else budget >> 3) // qb))
+    pb, first = (-(-min(N, x) // G) * G for x in (pb, first_block or max(pb, budget // qb)))  # multiples of G
+    out_s, out_i = torch.empty(len(q), k, device=dev), torch.empty(len(q), k, dtype=torch.long, device=dev)
     for a in range(0, len(q), qb):
         qa = q[a:a + qb]                                                     # [Qb, d]
         Qb, ql, qn = len(qa), qa.to(dt), _norm_bound(qa)
-        pmax, R = 0.0, torch.full((Qb,), -math.inf, device=q.device)        # R: k passages have s_hat >= R
-        best_s = torch.full((Qb, k), -math.inf, device=q.device)             # running top-k of s_hat  [Qb, k]
-        best_i = torch.full((Qb, k), -1, dtype=torch.long, device=q.device)
-        buf = torch.empty(max(first, pb), Qb, dtype=dt, device=q.device)     # [B, Qb] s_hat, reused
-        pl = torch.empty(max(first, pb), p.shape[1], dtype=dt, device=q.device)  # [B, d] passages in dt
-        m = torch.empty(max(first, pb) // G, Qb, dtype=dt, device=q.device)  # [B/G, Qb] group maxima
-        over = torch.empty(m.shape, dtype=torch.bool, device=q.device)
-        kept_k, kept_v = torch.empty(0, dtype=torch.long, device=q.device), torch.empty(0, device=q.device)
+        rows = torch.arange(Qb, device=dev)[:, None]
+        pmax, R = 0.0, torch.full((Qb,), -math.inf, device=dev)             # R: k passages have s_hat >= R
+        best_s = torch.full((Qb, k), -math.inf, device=dev)                  # running top k of s_hat  [Qb, k]
+        best_i = torch.full((Qb, k), -1, dtype=torch.long, device=dev)
+        buf = torch.empty(max(first, pb), Qb, dtype=dt, device=dev)          # [B, Qb] s_hat, reused
+        pl = torch.empty(len(buf) if dt != p.dtype else 0, p.shape[1], dtype=dt, device=dev)  # [B, d] in dt
+        m = torch.empty(len(buf) // G, Qb, dtype=dt, device=dev)             # [B/G, Qb] group maxima
+        over = torch.empty(m.shape, dtype=torch.bool, device=dev)
+        kept_k, kept_v = torch.empty(0, dtype=torch.long, device=dev), torch.empty(0, device=dev)  # id * Qb + row
         keys, vals, pending = [], [], 0
         for b in chain([0], range(first, N, pb)):
             n = min(first if b == 0 else pb, N - b)
             ng = -(-n // G)                                                  # groups, the last maybe partial
+            pn = float(_norm_bound(p[b:b + n]).max())                        # bounds |p| in this block
             pd = p[b:b + n] if dt == p.dtype else pl[:n].copy_(p[b:b + n])   # [B, d]
-            pn = float(_norm_bound(pd).max()) / (1 - UBF if dt != p.dtype else 1) + 2.0 ** -100  # bounds |p|
-            if b == 0 or pn > pmax:  # the bound grows with the largest |p| seen: thr follows
-                pmax = pn
-                if not float(qn.max()) * pmax < 2.0 ** 100:  # also catches inf and NaN
-                    raise ValueError("exact_topk: q and p must be finite, with |q| |p| < 2^100 for every pair")
-                A, B = _error_bound(qa, ql, qn, pmax, precision)
-                thr = _threshold(R, A, B, dt)
             s = buf[:ng * G]                                                 # [B, Qb]
             _matmul(pd, ql, out=s[:n])
             if n < ng * G:
                 s[n:] = -math.inf                                            # rows past N never win
             torch.amax(s.view(ng, G, Qb), 1, out=m[:ng])
-            H = max(1, ng // (4 * k))                                        # groups per super-group
-            if b == 0 and ng // H >= k:  # the k-th largest super-group maximum: k passages reach it
-                R = torch.amax(m[:ng // H * H].view(-1, H, Qb), 1).topk(k, dim=0).values[-1].float()
-                thr = _threshold(R, A, B, dt)
-            hit = torch.ge(m[:ng], thr, out=over[:ng]).nonzero()             # [h, 2]: group, query
-            if len(hit):
-                hg, hq = hit[:, 0], hit[:, 1]
-                v = s.view(ng, G, Qb)[hg, :, hq]                             # [h, G] the hit groups' s_hat
-                j = (v >= thr[hq, None]).nonzero()                           # most of a group stays below
-                keys.append((hg[j[:, 0]] * G + j[:, 1] + b) * Qb + hq[j[:, 0]])  # passage id * Qb + query
-                vals.append(v[j[:, 0], j[:, 1]].float())
-                pending += len(j)
-            if pending and (pending > merge_every * Qb or b == 0 or b + pb >= N):
-                keys, vals = torch.cat(keys), torch.cat(vals)
-                _merge_candidates(best_s, best_i, keys, vals, k)
-                R = best_s[:, -1].clone()
-                thr = _threshold(R, A, B, dt)
-                kept_k, kept_v = torch.cat([kept_k, keys]), torch.cat([kept_v, vals])
-                ok = kept_v >= thr[kept_k % Qb]
-                kept_k, kept_v = kept_k[ok], kept_v[ok]
-                keys, vals, pending = [], [], 0
-        top = (best_i * Qb + torch.arange(Qb, device=q.device)[:, None]).flatten()  # running top k of s_hat
-        c = pair_scores(qa, p, top % Qb, top // Qb)                          # exact scores    [Qb * k]
-        thr = _threshold(c.view(Qb, k).amin(1), A, B, torch.float32, exact=True)
-        row = kept_k % Qb
-        eq = (kept_v == R[row]).nonzero().flatten()                          # s_hat == R: in top or not
-        more = torch.cat([kept_k[(kept_v >= thr[row]) & (kept_v < R[row])],  # s_hat > R: all in top
-                          kept_k[eq[~torch.isin(kept_k[eq], top)]]])
-        keys, c = torch.cat([top, more]), torch.cat([c, pair_scores(qa, p, more % Qb, more // Qb)])
-        best_s.fill_(-math.inf), best_i.fill_(-1)
-        _merge_candidates(best_s, best_i, keys, c, k)                        # tie-exact top k
-        out_s[a:a + qb], out_i[a:a + qb] = best_s, best_i
+            with _one_thread(dev):
+                if b == 0 or pn > pmax:  # the bound grows with the largest |p| seen: thr follows
+                    pmax = pn
+                    if not float(qn.max()) * pmax < 2.0 ** 100:  # also catches inf and NaN
+                        raise ValueError("exact_topk: q and p must be finite, with |q| |p| < 2^100 for every pair")
+                    A, B = _error_bound(qa, ql, qn, pmax, precision)
+                    thr = _threshold(R, A, B, dt)
+                H = max(1, ng // (4 * k))                                    # groups per super-group
+                if b == 0 and ng // H >= k:  # the k-th largest super-group maximum: k passages reach it
+                    R = torch.amax(m[:ng // H * H].view(-1, H, Qb), 1).topk(k, dim=0).values[-1].float()
+                    thr = _threshold(R, A, B, dt)
+                hit = torch.ge(m[:ng], thr, out=over[:ng]).nonzero()         # [h, 2]: group, query
+                if len(hit):
+                    hg, hq = hit[:, 0], hit[:, 1]
+                    v = s.view(ng, G, Qb)[hg, :, hq]                         # [h, G] the hit groups' s_hat
+                    j = (v >= thr[hq, None]).nonzero()                       # most of a group stays below
+                    keys.append((hg[j[:, 0]] * G + j[:, 1] + b) * Qb + hq[j[:, 0]])
+                    vals.append(v[j[:, 0], j[:, 1]].float())
+                    pending += len(j)
+                if pending and (pending > merge_every * Qb or b == 0 or b + pb >= N):
+                    keys, vals = torch.cat(keys), torch.cat(vals)
+                    new = vals > best_s[:, -1][keys % Qb]                    # the rest cannot change the top k
+                    ok = best_i >= 0
+                    best_s, best_i = top_of(torch.cat([(best_i * Qb + rows)[ok], keys[new]]),
+                                            torch.cat([best_s[ok], vals[new]]), Qb, k)
+                    R = best_s[:, -1].clone()
+                    thr = _threshold(R, A, B, dt)
+                    kept_k, kept_v = torch.cat([kept_k, keys]), torch.cat([kept_v, vals])
+                    ok = kept_v >= thr[kept_k % Qb]
+                    kept_k, kept_v, keys, vals, pending = kept_k[ok], kept_v[ok], [], [], 0
+                    if len(kept_k) > 32 * Qb * k:  # many near-ties: only the exact top k so far can stay
+                        ok = torch.isin(kept_k, _exact_top(qa, p, k, best_i, R, kept_k, kept_v, A, B)[1] * Qb + rows)
+                        kept_k, kept_v = kept_k[ok], kept_v[ok]
+                        best_s, best_i = top_of(kept_k, kept_v, Qb, k)
+                        R = best_s[:, -1].clone()
+                        thr = _threshold(R, A, B, dt)
+        with _one_thread(dev):
+            out_s[a:a + qb], out_i[a:a + qb] = _exact_top(qa, p, k, best_i, R, kept_k, kept_v, A, B)
     return out_s, out_i
+
+
+def _exact_top(qa, p, k, best_i, R, kept_k, kept_v, A, B):
+    """The tie-exact top k (scores, ids [Qb, k]) of the kept pairs (keys id * Qb + row, first-pass scores kept_v)
+    by exact score. best_i [Qb, k] is the top k by s_hat, R [Qb] its k-th best s_hat: its exact scores' minimum c_k
+    bounds the final k-th best from below, so of the rest only the kept that can reach c_k are scored."""
+    Qb = len(qa)
+    top = (best_i * Qb + torch.arange(Qb, device=qa.device)[:, None]).flatten()
+    c = pair_scores(qa, p, top % Qb, top // Qb)                              # [Qb * k]
+    thr = _threshold(c.view(Qb, k).amin(1), A, B, torch.float32, exact=True)
+    row = kept_k % Qb
+    eq = (kept_v == R[row]).nonzero().flatten()                              # s_hat == R: in top or not
+    more = torch.cat([kept_k[(kept_v >= thr[row]) & (kept_v < R[row])],      # s_hat > R: all in top
+                      kept_k[eq[~torch.isin(kept_k[eq], top)]]])
+    return top_of(torch.cat([top, more]), torch.cat([c, pair_scores(qa, p, more % Qb, more // Qb)]), Qb, k)
 
 
 def _bf16_is_fast(device):
     """bf16 matmuls run at least as fast as float32 ones: CUDA with bf16, or a CPU with AVX512_BF16 or AMX."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    try:
-        caps = torch.cpu.get_capabilities()
-    except AttributeError:  # older torch
-        return False
+    caps = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
     return bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))
 
 
@@ -357,9 +354,9 @@ def exact_topk(q, p, k, precision="auto", q_block=None, p_block=None):
     ids [Q, k] int64), rows sorted by score descending, ties to the lower passage row. 1 <= k <= N, else ValueError.
 
     Scores are the correctly rounded float32 of the exact inner products (pair_scores). precision is the first
-    pass's: 'fp32', 'bf16' (about half the matmul time on CPUs with AVX512_BF16 or AMX, and on GPUs) or 'auto' =
-    bf16 where that is fast and there are at least 64 queries and 64 k passages, else fp32. Every choice returns
-    the same tensors; block sizes follow the shapes and the device (q_block, p_block override them).
+    pass's: 'fp32', 'bf16' (a fraction of the matmul time on CPUs with AVX512_BF16 or AMX, and on GPUs) or 'auto' =
+    bf16 where that is fast and there are at least 64 queries and 64 k passages, else fp32. Every choice returns the
+    same tensors; block sizes follow the shapes and the device (q_block, p_block override them).
     """
     _check(q, p, k)
     if precision == "auto":

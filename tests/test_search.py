@@ -131,6 +131,20 @@ def test_error_bound_follows_larger_passages():
         assert torch.equal(i, bi) and torch.equal(s, bs), kw
 
 
+def test_massive_ties_are_compacted(monkeypatch):
+    """9 distinct rows among 20000: almost every passage ties within the bound, so the kept candidates outgrow
+    32 Qb k and are cut to the exact top k so far (_exact_top) along the way; the result stays exact."""
+    calls = []
+    real = search._exact_top
+    monkeypatch.setattr(search, "_exact_top", lambda *a: calls.append(1) or real(*a))
+    q, p = integer(8, 2, seed=1), integer(20000, 2, seed=2)
+    bs, bi = brute(q, p, 2)
+    for precision in ("fp32", "bf16"):
+        calls.clear()
+        s, i = search.topk_threshold(q, p, 2, precision, p_block=512, first_block=512, merge_every=1)
+        assert torch.equal(i, bi) and torch.equal(s, bs) and len(calls) > 1
+
+
 def test_results_do_not_depend_on_threads_or_blocks():
     """d = 1024: MKL's float32 matmul gives other last bits for other shapes and thread counts; the returned
     scores, exact, do not."""
@@ -356,6 +370,8 @@ def test_cli_writes_the_run(tmp_path, capsys):
     assert [(r[0], r[2], r[3]) for r in rows] == [(f"q{a}", f"doc{i}", str(j + 1))
                                                   for a in range(3) for j, i in enumerate(bi[a].tolist())]
     assert "wrote" in capsys.readouterr().out
+    assert search.main(argv[:-1] + [str(tmp_path / "bf16.trec"), "--precision", "bf16"]) == 0
+    assert (tmp_path / "bf16.trec").read_text() == out.read_text()  # the same run, byte for byte
 
 
 @pytest.mark.parametrize("breakage,message", [
