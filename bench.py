@@ -212,8 +212,9 @@ def bench_search(args):
     except ImportError:
         faiss = None
     Q, k = 1000, 100
-    print(f"exact_topk (bf16 / fp32 first pass; auto picks {'bf16' if search._bf16_is_fast(torch.device('cpu')) else 'fp32'}"
-          f" here) vs {'faiss IndexFlatIP' if faiss else 'nothing (faiss not installed)'}: Q = {Q}, k = {k}, "
+    auto = "bf16" if search._bf16_is_fast(torch.device("cpu")) else "fp32"
+    print(f"exact_topk (bf16 / fp32 first pass; auto picks {auto} here) vs "
+          f"{'faiss IndexFlatIP' if faiss else 'nothing (faiss not installed)'}: Q = {Q}, k = {k}, "
           f"CPU {torch.get_num_threads()} threads; min / median seconds over interleaved rounds", flush=True)
     search.exact_topk(*_search_data(2000, 16, 64), 10, precision="bf16")  # first-call setup outside the timings
     for N in (100_000, 1_000_000):
@@ -232,10 +233,11 @@ def bench_search(args):
                     out[m] = fn()
                     times[m].append(time.perf_counter() - t0)
             load.append(os.getloadavg()[0])
+            fns = index = None  # free faiss's copy of the passages before the fresh processes below
             same = all(torch.equal(a, b) for a, b in zip(out["bf16"], out["fp32"]))
             print(f"N {N:>9,} d {d:>3}, {rounds} rounds, load {load[0]:.1f} -> {load[1]:.1f}, "
                   f"bf16 and fp32 results identical: {same}", flush=True)
-            for m in fns:
+            for m in times:
                 peak = _search_peak_mib(m, N, d, Q, k, args.threads)
                 line = (f"  {m:>5}: {min(times[m]):7.3f} / {statistics.median(times[m]):7.3f} s, "
                         f"{Q / statistics.median(times[m]):8,.0f} q/s, {'n/a' if peak is None else f'+{peak:.0f}'} MiB")
@@ -247,7 +249,6 @@ def bench_search(args):
                 same, near = _search_agree(q, p, out["bf16"][1], torch.from_numpy(out["faiss"][1]))
                 print(f"  ids equal to faiss's in {same}/{Q} rows, {near} more differ only among near-ties "
                       f"(faiss ranks by float32 matmul scores, exact_topk by exact ones)", flush=True)
-                del index
             if torch.cuda.is_available():  # untested: no GPU was at hand when this was written
                 qc, pc = q.cuda(), p.cuda()
                 search.exact_topk(qc, pc, k)

@@ -243,6 +243,18 @@ def test_auto_precision(monkeypatch):
     assert seen == ["bf16", "fp32", "fp32", "fp32"]  # bf16 only with >= 64 queries, >= 64 k passages, fast bf16
 
 
+def test_top_of_hand_worked():
+    """Pairs key = id * Qb + row in any order: per query the k best by (score descending, id ascending); -0.0 ties
+    with 0.0; a query with fewer than k pairs is padded with -inf / -1."""
+    Qb = 3
+    pairs = [(7, 0, 1.0), (2, 0, 5.0), (4, 0, 1.0), (9, 0, -2.0), (1, 0, 1.0),   # (id, row, score)
+             (5, 1, -0.0), (3, 1, 0.0), (8, 1, -1e-30), (6, 1, 2.5)]
+    key = torch.tensor([i * Qb + r for i, r, _ in pairs])
+    s, i = search.top_of(key, torch.tensor([v for _, _, v in pairs]), Qb, 4)
+    assert i.tolist() == [[2, 1, 4, 7], [6, 3, 5, 8], [-1, -1, -1, -1]]
+    assert s[0].tolist() == [5.0, 1.0, 1.0, 1.0] and s[1, 0] == 2.5 and s[2].eq(-math.inf).all()
+
+
 def test_select_topk_ties_go_to_lower_columns():
     s = torch.tensor([[1.0, 3.0, 3.0, 2.0, 3.0, 3.0],
                       [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]])
