@@ -223,7 +223,7 @@ def _matmul(p_block, ql, out):
 @contextmanager
 def _one_thread(device):
     """Run the many small selection ops on one CPU thread: each parallel op waits for its slowest thread, and on
-    busy cores that wait, not the arithmetic, decides (2 threads at load 6 ran 5-20x slower than one)."""
+    busy cores that wait, not the arithmetic, decides (2 threads at load 4-6 ran them 5-20x slower than one)."""
     n = torch.get_num_threads()
     if device.type == "cpu":
         torch.set_num_threads(1)
@@ -247,9 +247,11 @@ def topk_threshold(q, p, k, precision="fp32", q_block=None, p_block=None, first_
     into which candidates are merged once they exceed merge_every * Qb (and after the first and the last block),
     and the kept candidates below the new thr are dropped. Exact: thr never exceeds what a passage of the true top
     k (ties included) must reach, so none is dropped; and the k best s_hat stay. When near-ties keep more than
-    32 Qb k candidates, they are cut to the exact top k so far. The first block is large (128 MiB of scores on a
-    CPU) so that R starts near its final value: a running k-th best lets in about k ln(N / B_first) passages per
-    query that later fall out.
+    32 Qb k candidates, they are cut to the exact top k so far.
+    Blocks, measured at 1M x 128, Q = 1000, k = 100 on 2 shared CPU cores (bench.py search): the first block holds
+    128 MiB of scores so that R starts near its final value (a running k-th best lets in about k ln(N / B_first)
+    passages per query that later fall out); then bf16 blocks of 32 MiB: smaller ones are as fast on one thread,
+    but on busy cores each parallel op waits for its slowest thread, and then the number of ops decides.
     Extra memory: the score buffer, one passage block in the first pass's dtype, the candidates, the [Q, k] results.
     """
     _check(q, p, k)
@@ -259,14 +261,19 @@ def topk_threshold(q, p, k, precision="fp32", q_block=None, p_block=None, first_
     dt = torch.bfloat16 if precision == "bf16" else torch.float32
     budget = (1 << 30 if q.is_cuda else 1 << 27) // dt.itemsize  # scores in the first block
     qb = max(1, q_block or min(len(q), 1024))
-    pb = p_block or min(N, max(256, (budget if q.is_cuda or dt == p.dtype else budget >> 3) // qb))
+    pb = p_block or min(N, max(256, (budget if q.is_cuda or dt == p.dtype else budget >> 2) // qb))
     pb, first = (-(-min(N, x) // G) * G for x in (pb, first_block or max(pb, budget // qb)))  # multiples of G
     out_s, out_i = torch.empty(len(q), k, device=dev), torch.empty(len(q), k, dtype=torch.long, device=dev)
+    pmax = float(_norm_bound(p).max())                                       # bounds every |p|
     for a in range(0, len(q), qb):
         qa = q[a:a + qb]                                                     # [Qb, d]
         Qb, ql, qn = len(qa), qa.to(dt), _norm_bound(qa)
+        if not float(qn.max()) * pmax < 2.0 ** 100:  # also catches inf and NaN
+            raise ValueError("exact_topk: q and p must be finite, with |q| |p| < 2^100 for every pair")
+        A, B = _error_bound(qa, ql, qn, pmax, precision)
         rows = torch.arange(Qb, device=dev)[:, None]
-        pmax, R = 0.0, torch.full((Qb,), -math.inf, device=dev)             # R: k passages have s_hat >= R
+        R = torch.full((Qb,), -math.inf, device=dev)                         # R: k passages have s_hat >= R
+        thr = _threshold(R, A, B, dt)
         best_s = torch.full((Qb, k), -math.inf, device=dev)                  # running top k of s_hat  [Qb, k]
         best_i = torch.full((Qb, k), -1, dtype=torch.long, device=dev)
         buf = torch.empty(max(first, pb), Qb, dtype=dt, device=dev)          # [B, Qb] s_hat, reused
@@ -278,7 +285,6 @@ def topk_threshold(q, p, k, precision="fp32", q_block=None, p_block=None, first_
         for b in chain([0], range(first, N, pb)):
             n = min(first if b == 0 else pb, N - b)
             ng = -(-n // G)                                                  # groups, the last maybe partial
-            pn = float(_norm_bound(p[b:b + n]).max())                        # bounds |p| in this block
             pd = p[b:b + n] if dt == p.dtype else pl[:n].copy_(p[b:b + n])   # [B, d]
             s = buf[:ng * G]                                                 # [B, Qb]
             _matmul(pd, ql, out=s[:n])
@@ -286,12 +292,6 @@ def topk_threshold(q, p, k, precision="fp32", q_block=None, p_block=None, first_
                 s[n:] = -math.inf                                            # rows past N never win
             torch.amax(s.view(ng, G, Qb), 1, out=m[:ng])
             with _one_thread(dev):
-                if b == 0 or pn > pmax:  # the bound grows with the largest |p| seen: thr follows
-                    pmax = pn
-                    if not float(qn.max()) * pmax < 2.0 ** 100:  # also catches inf and NaN
-                        raise ValueError("exact_topk: q and p must be finite, with |q| |p| < 2^100 for every pair")
-                    A, B = _error_bound(qa, ql, qn, pmax, precision)
-                    thr = _threshold(R, A, B, dt)
                 H = max(1, ng // (4 * k))                                    # groups per super-group
                 if b == 0 and ng // H >= k:  # the k-th largest super-group maximum: k passages reach it
                     R = torch.amax(m[:ng // H * H].view(-1, H, Qb), 1).topk(k, dim=0).values[-1].float()
