@@ -1,9 +1,11 @@
-"""search.py: both dense paths against a brute-force sort (ties included), BM25 against a per-pair loop, TREC
-writing (round trip through evaluate.read_run) and the CLI's error lines."""
+"""search.py: every dense path and first-pass precision against a brute-force sort of exact scores (ties and
+near-ties included), exact scores against fractions, the error bounds against the matmul torch runs, BM25 against a
+per-pair loop, TREC writing (round trip through evaluate.read_run) and the CLI's error lines."""
 import math
 import os
 import random
 from collections import Counter
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -14,15 +16,20 @@ import search
 
 
 # ---------------------------------------------------------------- references
+def exact(q, p):
+    """Exact scores rounded once to float32: float64 products of float32 are exact, and for the data below (small
+    d, or the rare pair away from a rounding boundary) their float64 sums round to the correctly rounded float32."""
+    return (q.double() @ p.double().T).float()
+
+
 def brute(q, p, k):
-    """The full score matrix, stably sorted: score descending, then lower passage row (the module's tie rule)."""
-    s, i = (q @ p.T).sort(dim=1, descending=True, stable=True)
+    """The full matrix of exact scores, stably sorted: score descending, then lower passage row (the tie rule)."""
+    s, i = exact(q, p).sort(dim=1, descending=True, stable=True)
     return s[:, :k], i[:, :k]
 
 
 def dyadic(n, d, seed, lo=-64, hi=64, scale=16):
-    """Embeddings k / scale with small integers k: every product and partial sum is exact in float32, so every
-    summation order (block shapes, BLAS kernels) gives the same scores and the comparison can be exact."""
+    """Embeddings k / scale with small integers k: every product and partial sum is exact in float32."""
     g = torch.Generator().manual_seed(seed)
     return torch.randint(lo, hi + 1, (n, d), generator=g).float() / scale
 
@@ -32,17 +39,31 @@ def integer(n, d, seed):
     return dyadic(n, d, seed, -1, 1, 1)
 
 
-PATHS = {  # name -> callable(q, p, k). Threshold path: tiny blocks (fewer than k groups in the first block, where
-    #        everything is a candidate), single-passage groups, a merge after every block, and a first block of
-    #        exactly k groups (its threshold is the k-th largest group maximum)
+def gaussian(n, d, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, d, generator=g)
+
+
+def near_ties(n, d, seed):
+    """Adversarial for the bf16 first pass: 8 base rows, each copied with relative changes of about 2^-9, the size
+    of bf16's rounding (exact scores differ, and bf16 ones often rank them the other way), and every third row a
+    duplicate of the one before (equal scores: the lower row must win)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(8, d, generator=g)[torch.arange(n) % 8] * (1 + torch.randn(n, d, generator=g) * 2.0 ** -9)
+    return x[torch.arange(n) - (torch.arange(n) % 3 == 2).long()]
+
+
+PATHS = {  # name -> callable(q, p, k): both first-pass precisions, default and tiny blocks, group sizes, merges
     "exact_topk": lambda q, p, k: search.exact_topk(q, p, k),
     "exact_topk_blocks": lambda q, p, k: search.exact_topk(q, p, k, q_block=3, p_block=7),
-    "blocked": lambda q, p, k: search.topk_blocked(q, p, k, q_block=2, p_block=5),
-    "threshold": lambda q, p, k: search.topk_threshold(q, p, k, q_block=4, p_block=32),
-    "threshold_merge_each_block": lambda q, p, k: search.topk_threshold(q, p, k, p_block=6, group=3, merge_every=0),
-    "threshold_group_1": lambda q, p, k: search.topk_threshold(q, p, k, p_block=1, group=1),
-    "threshold_first_block_groups": lambda q, p, k: search.topk_threshold(q, p, k, p_block=min(len(p), 16 * k),
-                                                                           group=min(len(p), 16 * k) // k),
+    "fp32": lambda q, p, k: search.topk_threshold(q, p, k, "fp32"),
+    "bf16": lambda q, p, k: search.topk_threshold(q, p, k, "bf16"),
+    "fp32_small_blocks": lambda q, p, k: search.topk_threshold(q, p, k, "fp32", q_block=4, p_block=32),
+    "bf16_small_blocks": lambda q, p, k: search.topk_threshold(q, p, k, "bf16", q_block=4, p_block=32, first_block=64),
+    "bf16_merge_each_block": lambda q, p, k: search.topk_threshold(q, p, k, "bf16", p_block=6, group=3, merge_every=0),
+    "bf16_group_1": lambda q, p, k: search.topk_threshold(q, p, k, "bf16", p_block=1, group=1),
+    "fp32_first_block_groups": lambda q, p, k: search.topk_threshold(  # a first block of exactly k groups
+        q, p, k, "fp32", first_block=min(len(p), 16 * k), p_block=5),
 }
 
 CASES = [  # Q, N, d, k, data
@@ -52,6 +73,8 @@ CASES = [  # Q, N, d, k, data
     (6, 500, 3, 20, integer),       # many exact ties, at the k-th place as well
     (1, 200, 5, 7, integer),        # Q == 1
     (9, 64, 16, 1, dyadic),         # k == 1
+    (6, 700, 32, 15, gaussian),     # float data: scores are no sums exact in float32
+    (5, 600, 12, 25, near_ties),    # scores closer than bf16 can tell, duplicates
 ]
 
 
@@ -66,27 +89,170 @@ def test_dense_equals_brute_force(path, Q, N, d, k, data):
     assert torch.equal(s, bs)
 
 
+def test_near_ties_fool_bf16():
+    """The adversarial data really is adversarial: pairs that bf16 first-pass scores rank the wrong way round."""
+    q, p = near_ties(4, 12, seed=1), near_ties(600, 12, seed=2)
+    c, s_hat = exact(q, p), (q.bfloat16() @ p.bfloat16().T).float()
+    assert ((s_hat[:, :, None] < s_hat[:, None, :]) & (c[:, :, None] > c[:, None, :])).any()
+    assert (p[2::3] == p[1::3][:len(p[2::3])]).all()
+
+
 def test_threshold_path_with_real_thresholds_and_ties():
     """Enough passages after the first block for thresholds to reject most groups, ties at the k-th place, several
-    query blocks and a partial last group: the fast path's pruning and merging are what is tested."""
-    for data in (integer, dyadic):
+    query blocks, partial last groups, a growing norm bound (the largest passages come last)."""
+    for data in (integer, dyadic, gaussian, near_ties):
         q, p = data(10, 4, seed=3), data(5003, 4, seed=4)
+        p[-50:] *= 3
         bs, bi = brute(q, p, 25)
-        for kw in [dict(q_block=3, p_block=64), dict(p_block=400, group=8, merge_every=1), dict(p_block=800, group=4)]:
-            s, i = search.topk_threshold(q, p, 25, **kw)
-            assert torch.equal(i, bi) and torch.equal(s, bs)
+        for precision in ("fp32", "bf16"):
+            for kw in [dict(q_block=3, p_block=64), dict(p_block=400, group=8, merge_every=1),
+                       dict(p_block=800, group=4, first_block=1600)]:
+                s, i = search.topk_threshold(q, p, 25, precision, **kw)
+                assert torch.equal(i, bi) and torch.equal(s, bs), (data.__name__, precision, kw)
 
 
-def test_float_data_agrees_up_to_rounding():
-    """Gaussian embeddings: scores of different kernels may differ in the last bit, so compare the score lists and
-    require every returned id's recomputed score to match its returned score."""
-    g = torch.Generator().manual_seed(5)
-    q, p = torch.randn(8, 32, generator=g), torch.randn(1000, 32, generator=g)
-    bs, _ = brute(q, p, 40)
-    for path in ("exact_topk", "blocked", "threshold"):
-        s, i = PATHS[path](q, p, 40)
-        assert torch.allclose(s, bs, atol=1e-5)
-        assert torch.allclose((q[:, None, :] * p[i]).sum(-1), s, atol=1e-5)
+def test_error_bound_follows_larger_passages():
+    """Passages after the first block 1000x larger and nearly orthogonal to the queries: their bf16 errors, about
+    2^-9 |q| |p|, dwarf the gaps between their scores (which still top every small passage's), so a bound kept from
+    the first block's norms would drop some of the top k."""
+    g = torch.Generator().manual_seed(10)
+    q, small = torch.randn(3, 16, generator=g), torch.randn(2000, 16, generator=g)
+    v = torch.randn(16, generator=g)
+    v -= torch.linalg.lstsq(q.T, v[:, None]).solution[:, 0] @ q                   # v orthogonal to every query
+    w = q.sum(0) / q.sum(0).norm()
+    big = 1000 * (v / v.norm() + (0.01 + torch.rand(400, 1, generator=g) * 1e-3) * w)
+    p = torch.cat([small, big])
+    bs, bi = brute(q, p, 30)
+    s_hat = (q.bfloat16() @ big.bfloat16().T).float()
+    order = exact(q, big).argsort(1, descending=True)
+    assert (s_hat.gather(1, order).diff(1) > 0).any()                              # bf16 ranks them wrongly
+    for kw in [dict(first_block=2000, p_block=100), dict(first_block=2000, p_block=7, merge_every=0)]:
+        s, i = search.topk_threshold(q, p, 30, "bf16", **kw)
+        assert torch.equal(i, bi) and torch.equal(s, bs), kw
+
+
+def test_massive_ties_are_compacted(monkeypatch):
+    """9 distinct rows among 20000: almost every passage ties within the bound, so the kept candidates outgrow
+    32 Qb k and are cut to the exact top k so far (_exact_top) along the way; the result stays exact."""
+    calls = []
+    real = search._exact_top
+    monkeypatch.setattr(search, "_exact_top", lambda *a: calls.append(1) or real(*a))
+    q, p = integer(8, 2, seed=1), integer(20000, 2, seed=2)
+    bs, bi = brute(q, p, 2)
+    for precision in ("fp32", "bf16"):
+        calls.clear()
+        s, i = search.topk_threshold(q, p, 2, precision, p_block=512, first_block=512, merge_every=1)
+        assert torch.equal(i, bi) and torch.equal(s, bs) and len(calls) > 1
+
+
+def test_results_do_not_depend_on_threads_or_blocks():
+    """d = 1024: MKL's float32 matmul gives other last bits for other shapes and thread counts; the returned
+    scores, exact, do not."""
+    q, p = gaussian(5, 1024, seed=6), gaussian(300, 1024, seed=7)
+    ref = search.exact_topk(q, p, 30)
+    n = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        for kw in [dict(), dict(p_block=48), dict(q_block=2, p_block=16), dict(precision="bf16", p_block=32)]:
+            s, i = search.exact_topk(q, p, 30, **kw)
+            assert torch.equal(s, ref[0]) and torch.equal(i, ref[1]), kw
+    finally:
+        torch.set_num_threads(n)
+
+
+# ---------------------------------------------------------------- exact scores and bounds
+def fraction_f32(a, b):
+    """The correctly rounded float32 of a . b through Python fractions and numpy (a slow, separate reference)."""
+    x = sum(Fraction(u) * Fraction(v) for u, v in zip(a.tolist(), b.tolist()))
+    lo = np.float32(float(x))
+    cands = [np.nextafter(lo, np.float32(-np.inf)), lo, np.nextafter(lo, np.float32(np.inf))]
+    return min(cands, key=lambda c: (abs(Fraction(float(c)) - x), int(np.array(c).view(np.int32)) & 1))
+
+
+def test_pair_scores_round_correctly():
+    # hand-worked: 1 + 2^-24 lies half-way between 1 and 1 + 2^-23 (ties to even: 1); 2^-80 more tips it over,
+    # though a float64 sum cannot see it (1 + 2^-24 + 2^-80 needs 81 bits); likewise for negative scores
+    q = torch.tensor([[1.0, 2.0 ** -24, 2.0 ** -80], [-1.0, -(2.0 ** -24), -(2.0 ** -80)]])
+    p = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+    s = search.pair_scores(q, p, torch.tensor([0, 0, 1, 1]), torch.tensor([0, 1, 0, 1]))
+    assert s.tolist() == [1.0, 1 + 2.0 ** -23, -1.0, -(1 + 2.0 ** -23)]
+    # random pairs with mixed magnitudes against fractions, in any order of pairs
+    g = torch.Generator().manual_seed(8)
+    q = torch.randn(7, 6, generator=g) * 2.0 ** torch.randint(-30, 30, (7, 6), generator=g)
+    p = torch.randn(40, 6, generator=g) * 2.0 ** torch.randint(-30, 30, (40, 6), generator=g)
+    qi, pi = torch.randint(0, 7, (300,), generator=g), torch.randint(0, 40, (300,), generator=g)
+    s = search.pair_scores(q, p, qi, pi, chunk=64)
+    assert s.tolist() == [float(fraction_f32(q[a], p[b])) for a, b in zip(qi.tolist(), pi.tolist())]
+    assert search.pair_scores(q, p, qi[:0], pi[:0]).shape == (0,)
+
+
+def test_pair_scores_settle_orthogonal_pairs_without_fractions(monkeypatch):
+    """Exact zeros (disjoint supports) are settled by the sum |q_i p_i| = 0 bound, not the slow exact sum."""
+    monkeypatch.setattr(search, "_f32_nearest", lambda a, b: pytest.fail("slow path used"))
+    q, p = torch.eye(64)[:10] * 3, torch.eye(64)
+    s = search.pair_scores(q, p, torch.arange(10).repeat_interleave(64), torch.arange(64).repeat(10))
+    assert s.view(10, 64).equal(torch.eye(64)[:10] * 3)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_first_pass_error_bound_holds(precision):
+    """|s_hat - c| <= A + B |s_hat| for the matmul torch actually runs: bf16 products summed in float32 (a bf16
+    accumulator would break it at d = 4096 with all-positive terms), mixed magnitudes, small and large shapes."""
+    dt = torch.bfloat16 if precision == "bf16" else torch.float32
+    g = torch.Generator().manual_seed(9)
+    for d, positive in [(4096, True), (4096, False), (130, False), (7, True)]:
+        q = torch.randn(9, d, generator=g) * 2.0 ** torch.randint(-6, 6, (9, 1), generator=g)
+        p = torch.randn(200, d, generator=g) * 2.0 ** torch.randint(-6, 6, (200, 1), generator=g)
+        if positive:
+            q, p = q.abs(), p.abs()
+        qn, pmax = search._norm_bound(q), float(search._norm_bound(p).max())
+        A, B = search._error_bound(q, q.to(dt), qn, pmax, precision)
+        s_hat = torch.empty(200, 9, dtype=dt)
+        search._matmul(p.to(dt), q.to(dt), out=s_hat)
+        s_hat, c = s_hat.double().T, exact(q, p).double()
+        assert ((s_hat - c).abs() <= A[:, None] + B * s_hat.abs()).all()
+        if precision == "bf16":  # and it is not absurdly loose (float32's random-signed errors stay far below)
+            assert ((s_hat - c).abs() > (A[:, None] + B * s_hat.abs()) / 64).any()
+
+
+def test_threshold_hand_worked():
+    """k passages at s_hat >= R = 10 with |s_hat - c| <= A = 1: the k-th best c is >= 9, so s_hat >= 8 is needed;
+    with R an exact score (exact=True), s_hat >= 9. With B = 1/4, R = 10: lo = 10 - 1 - 2.5 = 6.5, s_hat + |s_hat|/4
+    >= 5.5: s_hat >= 4.4; R = -10: y = -10 - 1 - 2.5 - 1 = -14.5 < 0, s_hat (1 - B) >= y: s_hat >= -14.5 / 0.75.
+    R = -inf stays -inf."""
+    R, A = torch.tensor([10.0, -10.0, -math.inf]), torch.tensor([1.0, 1.0, 1.0], dtype=torch.float64)
+    t = search._threshold(R, A, 0.0, torch.float32).tolist()
+    assert 8 - 1e-5 < t[0] <= 8 and -12 - 1e-5 < t[1] <= -12 and t[2] == -math.inf
+    assert 9 - 1e-5 < search._threshold(R, A, 0.0, torch.float32, exact=True)[0].item() <= 9
+    t = search._threshold(R, A, 0.25, torch.float32).tolist()
+    assert 4.4 - 1e-5 < t[0] <= 4.4 and -14.5 / 0.75 - 1e-5 < t[1] <= -14.5 / 0.75
+    b = search._threshold(torch.tensor([10.0]), A[:1], 0.0, torch.bfloat16)   # rounded down to bf16: 8 is exact,
+    assert b.dtype == torch.bfloat16 and b.item() <= 8 and b.item() >= 7.9      # the slack takes it one step below
+
+
+def test_auto_precision(monkeypatch):
+    seen = []
+    real = search.topk_threshold
+    monkeypatch.setattr(search, "topk_threshold", lambda q, p, k, precision, *a: seen.append(precision) or real(
+        q, p, k, precision, *a))
+    q, p = gaussian(64, 8, seed=1), gaussian(64 * 3, 8, seed=2)
+    monkeypatch.setattr(search, "_bf16_is_fast", lambda device: True)
+    search.exact_topk(q, p, 3), search.exact_topk(q[:63], p, 3), search.exact_topk(q, p, 4)
+    monkeypatch.setattr(search, "_bf16_is_fast", lambda device: False)
+    search.exact_topk(q, p, 3)
+    assert seen == ["bf16", "fp32", "fp32", "fp32"]  # bf16 only with >= 64 queries, >= 64 k passages, fast bf16
+
+
+def test_top_of_hand_worked():
+    """Pairs key = id * Qb + row in any order: per query the k best by (score descending, id ascending); -0.0 ties
+    with 0.0; a query with fewer than k pairs is padded with -inf / -1."""
+    Qb = 3
+    pairs = [(7, 0, 1.0), (2, 0, 5.0), (4, 0, 1.0), (9, 0, -2.0), (1, 0, 1.0),   # (id, row, score)
+             (5, 1, -0.0), (3, 1, 0.0), (8, 1, -1e-30), (6, 1, 2.5)]
+    key = torch.tensor([i * Qb + r for i, r, _ in pairs])
+    s, i = search.top_of(key, torch.tensor([v for _, _, v in pairs]), Qb, 4)
+    assert i.tolist() == [[2, 1, 4, 7], [6, 3, 5, 8], [-1, -1, -1, -1]]
+    assert s[0].tolist() == [5.0, 1.0, 1.0, 1.0] and s[1, 0] == 2.5 and s[2].eq(-math.inf).all()
 
 
 def test_select_topk_ties_go_to_lower_columns():
@@ -108,6 +274,11 @@ def test_dense_errors():
         search.exact_topk(q.double(), p.double(), 2)
     with pytest.raises(ValueError, match=r"\[Q, d\]"):
         search.exact_topk(q, torch.zeros(5, 3), 2)
+    with pytest.raises(ValueError, match="precision 'fp16'"):
+        search.exact_topk(q, p, 2, precision="fp16")
+    for bad in (math.nan, math.inf, 1e30):
+        with pytest.raises(ValueError, match="finite"):
+            search.exact_topk(q + 1, p.index_fill(0, torch.tensor([3]), bad), 2)
 
 
 def test_no_queries():
@@ -211,6 +382,8 @@ def test_cli_writes_the_run(tmp_path, capsys):
     assert [(r[0], r[2], r[3]) for r in rows] == [(f"q{a}", f"doc{i}", str(j + 1))
                                                   for a in range(3) for j, i in enumerate(bi[a].tolist())]
     assert "wrote" in capsys.readouterr().out
+    assert search.main(argv[:-1] + [str(tmp_path / "bf16.trec"), "--precision", "bf16"]) == 0
+    assert (tmp_path / "bf16.trec").read_text() == out.read_text()  # the same run, byte for byte
 
 
 @pytest.mark.parametrize("breakage,message", [
