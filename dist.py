@@ -155,8 +155,8 @@ def exact_topk(q, p, k):
     [Q, k], ids [Q, k] rows of P) on every rank, equal to the one-process result, ties included.
 
     Each rank takes the top min(k, N_r) of its share: a passage of the global top-k is in it, the order (score
-    descending, row ascending) being the same within a share. The lists come in ascending row ranges and each is in
-    that order, so search.merge_topk's stable sort on the score keeps the tie rule (ties to the lower row).
+    descending, row ascending) being the same within a share; the gathered lists are merged by search.top_of, whose
+    order is the same (the scores are exact, so a passage scores alike on every rank and in one process).
     """
     if not active():
         return search.exact_topk(q, p, k)
@@ -172,12 +172,10 @@ def exact_topk(q, p, k):
     S, I = [torch.empty_like(s) for _ in sizes], [torch.empty_like(i) for _ in sizes]
     tdist.all_gather(S, s)
     tdist.all_gather(I, i)
-    best_s = best_i = None
-    for r in range(len(sizes)):
-        if ks[r]:
-            s, i = S[r][:, :ks[r]], I[r][:, :ks[r]]
-            best_s, best_i = (s, i) if best_s is None else search.merge_topk(best_s, best_i, s, i, k)
-    return best_s, best_i
+    s = torch.cat([S[r][:, :ks[r]] for r in range(len(sizes)) if ks[r]], 1)        # [Q, sum ks] every rank's list
+    i = torch.cat([I[r][:, :ks[r]] for r in range(len(sizes)) if ks[r]], 1)
+    rows = torch.arange(len(q), device=q.device)[:, None].expand_as(i)
+    return search.top_of((i * len(q) + rows).flatten(), s.flatten(), len(q), k)
 
 
 # ----------------------------------------------------------------------------- training
