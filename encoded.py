@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 import data
 import dist
-import search
+from bm25 import BM25
 from model import ModelConfig, pad_batch
 from outdir import DEVICE, Progress, autocast, log
 
@@ -175,7 +175,7 @@ class EncodedData:
         """The BM25 index of the whole passages (the networks see only their first max_len_p tokens), built once."""
         if self._bm25 is None:
             texts = [self.ds.passage_text(i) for i in range(len(self.ds.pids))]
-            self._bm25 = search.BM25(data.encode(self.tok, texts, NO_LIMIT))
+            self._bm25 = BM25(data.encode(self.tok, texts, NO_LIMIT))
         return self._bm25
 
     def bm25_ranking(self, queries, k):

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import evaluate
+import bm25
 import search
 
 
@@ -314,7 +315,7 @@ def random_corpus(seed, n_docs=80, n_queries=25, vocab=40):
 def test_bm25_equals_slow_loop(seed, k1, b):
     docs, queries = random_corpus(seed)
     ref = torch.tensor([slow_bm25(docs, qq, k1, b) for qq in queries], dtype=torch.float64)
-    bm = search.BM25(docs, k1, b)
+    bm = bm25.BM25(docs, k1, b)
     assert torch.allclose(bm.scores(queries), ref, rtol=1e-12, atol=1e-12)
     for k, block in [(len(docs), 1 << 21), (10, 50)]:  # all passages; and many small query blocks
         s, i = bm.search(queries, k, postings_per_block=block)
@@ -324,23 +325,23 @@ def test_bm25_equals_slow_loop(seed, k1, b):
 
 def test_bm25_zero_scores_follow_in_id_order_and_empty_query():
     docs = [[1, 2], [3], [1], [4, 4], []]
-    s, i = search.BM25(docs).search([[3], []], 5)
+    s, i = bm25.BM25(docs).search([[3], []], 5)
     assert i[0].tolist() == [1, 0, 2, 3, 4] and s[0, 0] > 0 and s[0, 1:].eq(0).all()
     assert i[1].tolist() == [0, 1, 2, 3, 4] and s[1].eq(0).all()
 
 
 def test_bm25_repeated_query_token_counts_twice():
-    bm = search.BM25([[1, 2, 2], [2, 3], [4]])
+    bm = bm25.BM25([[1, 2, 2], [2, 3], [4]])
     once, twice = bm.scores([[2]]), bm.scores([[2, 2]])
     assert torch.allclose(twice, 2 * once) and once[0, 0] > 0
 
 
 def test_bm25_errors():
     with pytest.raises(ValueError, match="no documents"):
-        search.BM25([])
+        bm25.BM25([])
     with pytest.raises(ValueError, match="negative"):
-        search.BM25([[1, -2]])
-    bm = search.BM25([[1], [2]])
+        bm25.BM25([[1, -2]])
+    bm = bm25.BM25([[1], [2]])
     with pytest.raises(ValueError, match="k = 3"):
         bm.search([[1]], 3)
 
