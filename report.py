@@ -66,7 +66,8 @@ def fuse(sparse, dense, w):
 def hybrid_row(cfg, d, out, splits, results, metrics, passages):
     """The `hybrid` system: BM25 fused with the dense system that is best on dev (recall@100, then mrr@10), the
     weight w in {0, 0.1, ..., 1} chosen on dev by the same order (0.5 without a dev split); runs/hybrid.<split>.trec
-    and a row in results, like every system. -> {"dense": name, "weight": w}."""
+    and a row in results, like every system (equal fused scores: the lower passage row first, whatever the hash
+    seed). -> {"dense": name, "weight": w}."""
     ds, dense = d.ds, [n for n in SYSTEMS if out.exists(f"{n}.pt")]
     if not dense:
         return None
@@ -81,7 +82,7 @@ def hybrid_row(cfg, d, out, splits, results, metrics, passages):
     row = {p: i for i, p in enumerate(ds.pids)}
     for split, qids in splits.items():
         fused = fuse(read("bm25", split), read(best, split), w)
-        ranked = [sorted(fused.get(q, {}).items(), key=lambda x: -x[1])[:cfg.eval_k] for q in qids]
+        ranked = [sorted(fused.get(q, {}).items(), key=lambda x: (-x[1], row[x[0]]))[:cfg.eval_k] for q in qids]
         k = max(map(len, ranked), default=0)
         ids = [[row[p] for p, _ in r] + [-1] * (k - len(r)) for r in ranked]
         scores = [[s for _, s in r] + [0.0] * (k - len(r)) for r in ranked]
