@@ -104,18 +104,24 @@ def lone_surrogate(value):
     return None
 
 
+def json_object(line, path, i):
+    """Line i of `path`, which must hold one JSON object -> that dict."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{i}: invalid JSON ({e.msg})") from None
+    if not isinstance(row, dict):
+        raise DataError(f"{path}:{i}: expected a JSON object")
+    return row
+
+
 def read_jsonl(path, required, optional=()):
     """-> {_id: row} of a JSON-lines file; each row needs a unique `_id` and the `required` string fields, and the
     `optional` fields, where present, must be strings. Every string of a row must be valid Unicode (no lone
     surrogate). row["_line"] keeps the line number for later messages."""
     rows = {}
     for i, line in _lines(path):
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{i}: invalid JSON ({e.msg})") from None
-        if not isinstance(row, dict):
-            raise DataError(f"{path}:{i}: expected a JSON object")
+        row = json_object(line, path, i)
         bad = lone_surrogate(row) if "\\u" in line else None  # valid UTF-8 holds a surrogate only as an escape
         if bad:
             raise DataError(f"{path}:{i}: field {bad[0]!r} is not valid Unicode "

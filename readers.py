@@ -17,7 +17,7 @@ import os
 import shutil
 import struct
 
-from data import DataError
+from data import DataError, json_object
 
 
 # ----------------------------------------------------------------------------- reading
@@ -88,6 +88,18 @@ def lz4_decompress(buf, path="<lz4>"):
     return bytes(out)
 
 
+def _length(src, i, n):
+    """A length from a token nibble n: 15 means 'add the following bytes src[i:] until one is not 255' -> (length,
+    the index after it)."""
+    if n == 15:
+        while src[i] == 255:
+            n += 255
+            i += 1
+        n += src[i]
+        i += 1
+    return n, i
+
+
 def _lz4_block(src, i, end, out):
     """Append the decoded lz4 block src[i:end] to out. Sequences: a token (high nibble: literal count, low nibble:
     match length - 4; 15 means 'add the following bytes until one is not 255'), the literals, a 2-byte little-endian
@@ -95,13 +107,7 @@ def _lz4_block(src, i, end, out):
     while True:
         token = src[i]
         i += 1
-        n = token >> 4
-        if n == 15:
-            while src[i] == 255:
-                n += 255
-                i += 1
-            n += src[i]
-            i += 1
+        n, i = _length(src, i, token >> 4)
         out += src[i:i + n]
         i += n
         if i >= end:
@@ -110,13 +116,7 @@ def _lz4_block(src, i, end, out):
             return
         offset = src[i] | src[i + 1] << 8
         i += 2
-        m = token & 15
-        if m == 15:
-            while src[i] == 255:
-                m += 255
-                i += 1
-            m += src[i]
-            i += 1
+        m, i = _length(src, i, token & 15)
         m += 4
         if not 0 < offset <= len(out):
             raise ValueError(f"match offset {offset} out of range")
@@ -150,13 +150,7 @@ def text_lines(path):
 def json_lines(path):
     """Yield (line number, object) of a JSON-lines file (each line a JSON object)."""
     for i, line in text_lines(path):
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{i}: invalid JSON ({e.msg})") from None
-        if not isinstance(row, dict):
-            raise DataError(f"{path}:{i}: expected a JSON object")
-        yield i, row
+        yield i, json_object(line, path, i)
 
 
 def field(row, key, path, i, kind=str, optional=False):
