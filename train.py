@@ -342,14 +342,16 @@ def distil(cfg, d, out, name, c, t_scores, alpha=None, aligned=None, pivot=None)
 
 
 def stage_teach(cfg, d, out):
-    """C(q) of every training query scored once by the warm DE and both teachers (kd_cache.pt: what distillation
-    learns from); on the dev queries, how well each teacher ranks held-out queries (teachers.json)."""
+    """Training queries' C(q) scored once by the warm DE and both teachers (kd_cache.pt); their dev ranking (teachers.json)."""
+    dev = [q for q in d.ds.qrels.get("dev", {}) if d.pos[q]]
+    cache, rated = out.todo("teach", "kd_cache.pt"), bool(dev) and out.todo("teach", "teachers.json")
+    if not (cache or rated):  # both made: no model to load
+        return
     scorers = [out.load_model(cls, f"{n}.pt") for cls, n in ((DualEncoder, "de"), (QueryGenerator, "qg"), (CrossEncoder, "ce"))]
-    if out.todo("teach", "kd_cache.pt"):
+    if cache:
         c = d.score_candidates(*scorers, d.train, cfg.kd_k, cfg.seed, cfg.log_every)
         out.save("kd_cache.pt", dataclasses.asdict(c))
-    dev = [q for q in d.ds.qrels.get("dev", {}) if d.pos[q]]
-    if dev and out.todo("teach", "teachers.json"):
+    if rated:
         rates = d.teacher_rates(*scorers, dev, cfg.kd_k, cfg.seed, cfg.log_every)
         out.write_text("teachers.json", json.dumps({"dev": rates}, indent=1) + "\n")
         for name in ("de", "qg", "ce"):
