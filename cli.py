@@ -201,7 +201,7 @@ def check_config(cfg, world=1):
     """The rules between train.Config's fields (each field's own range is checked by `check`, from its comment), and
     under torchrun with `world` processes, batches they can share equally."""
     for ok, problem in [(cfg.dim % cfg.n_heads == 0, "--dim must be a multiple of --n-heads"),
-                        (cfg.rank_negs <= cfg.pool, "--rank-negs must be at most --pool"),
+                        (cfg.rank_negs <= cfg.teacher_pool, "--rank-negs must be at most --teacher-pool"),
                         (cfg.negatives <= cfg.pool, "--negatives must be at most --pool"),
                         (cfg.batch % world == 0 and cfg.rank_batch % world == 0,
                          f"--batch {cfg.batch} and --rank-batch {cfg.rank_batch} must be multiples of the {world} "

@@ -15,7 +15,6 @@ import random
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 import data
 import dist
@@ -26,7 +25,6 @@ from outdir import DEVICE, Progress, autocast, log
 NO_LIMIT = 1 << 30   # a max_len that keeps every token (BM25 reads whole passages)
 EMBED_BATCH = 256    # sequences per DE forward pass when embedding
 SCORE_CHUNK = 16     # queries per teacher-scoring call (each with its 1 + K candidates)
-GEN_CHUNK = 64       # passages per generation call
 POOL_SLACK = 5       # a ranking fetches this many passages beyond those it keeps: room for the positives it drops
 
 
@@ -49,6 +47,7 @@ class Candidates:
     de: torch.Tensor      # [Q, 1+K] s(q, p), the warm DE
     qg: torch.Tensor      # [Q, 1+K] r(q, p), the QG teacher
     ce: torch.Tensor      # [Q, 1+K] c(q, p), the CE teacher
+    written: int = 0      # how many of the rows, the last ones, are the QG's written distillation queries (written.py)
 
 
 class EncodedData:
@@ -65,8 +64,8 @@ class EncodedData:
         self.Q_ids, self.Q_mask = pad_batch([[data.Q] + q for q in self.Q_tokens])       # [Q, Tq]
         langs = [*ds.languages(), pivot, *ds.unlabelled]
         self.tag = {lang: tok.token_to_id(data.lang_tag(lang)) for lang in langs}          # language -> <2l> id
-        self.T_ids, self.T_mask = pad_batch([[self.tag.get(ds.lang.get(q), data.UNK)] + toks + [data.EOS]
-                                             for q, toks in zip(self.qids, self.Q_tokens)])  # [Q, Tq]
+        self.q_lang = [ds.lang.get(q) for q in self.qids]
+        self.T_ids, self.T_mask = self.targets(self.q_lang, self.Q_tokens)                 # [Q, Tq]
         row = {p: i for i, p in enumerate(ds.pids)}
         self.pos = {q: [row[p] for p, s in rel.items() if s > 0] for split in ds.qrels.values() for q, rel in split.items()}
         self.train = [q for q in ds.qrels.get("train", {}) if self.pos[q]]                # queries with a positive
@@ -86,6 +85,25 @@ class EncodedData:
         return ModelConfig(vocab_size=self.tok.get_vocab_size(), dim=cfg.dim, n_layers=cfg.n_layers, n_heads=cfg.n_heads,
                            max_len=cfg.max_len_q + cfg.max_len_p, dropout=cfg.dropout, pooling=cfg.pooling,
                            normalize=cfg.normalize, init_std=cfg.init_std, n_dec_layers=cfg.n_dec_layers)
+
+    def targets(self, langs, tokens):
+        """<2l> q [EOS] of queries (lists of token ids) in languages `langs`: ids, mask [n, T] on the CPU."""
+        return pad_batch([[self.tag.get(x, data.UNK)] + toks + [data.EOS] for x, toks in zip(langs, tokens)])
+
+    def add_queries(self, qids, langs, tokens, rows):
+        """Queries that exist for training only (the QG's written ones, written.py), appended to every query form:
+        qids[i] in language langs[i], its tokens, its one positive passage rows[i] (a corpus row)."""
+        if clash := set(qids) & set(self.qrow):
+            raise ValueError(f"add_queries: query ids already in use: {sorted(clash)[:3]}")
+        self.qrow.update((q, len(self.qids) + i) for i, q in enumerate(qids))
+        self.qids, self.q_lang, self.Q_tokens = self.qids + list(qids), self.q_lang + list(langs), self.Q_tokens + list(tokens)
+        self.Q_ids, self.Q_mask = pad_batch([[data.Q] + q for q in self.Q_tokens])
+        self.T_ids, self.T_mask = self.targets(self.q_lang, self.Q_tokens)
+        self.pos.update((q, [r]) for q, r in zip(qids, rows))
+
+    def lang(self, q):
+        """The language of a query (of the data set or added)."""
+        return self.q_lang[self.qrow[q]]
 
     def rows(self, qids):
         """Row of each query in the query matrices."""
@@ -225,23 +243,6 @@ class EncodedData:
         uniq, inv = cand.unique(return_inverse=True)
         return qg.score(*self.passages(uniq), *tgt, inv.to(DEVICE))
 
-    def written_targets(self, langs, tokens):
-        """<2l> q' [EOS] of written queries (lists of token ids in languages `langs`): ids, mask [n, T] on the CPU."""
-        return pad_batch([[self.tag.get(x, data.UNK)] + toks + [data.EOS] for x, toks in zip(langs, tokens)])
-
-    def write_queries(self, qg, rows, langs, max_len, temperature, no_repeat, seed, log_every):
-        """The QG's query for each passage row rows[i] in language langs[i] (greedy, or sampled from one seeded
-        stream), never a special token but [EOS] nor a language tag, at most max_len tokens -> lists of token ids."""
-        g, tags = torch.Generator().manual_seed(seed), torch.tensor([self.tag[x] for x in langs], dtype=torch.long)
-        banned = [t for t in range(data.EOS)] + sorted(t for t in self.tag.values() if t is not None)
-
-        def write(s):
-            ids, mask = qg.generate(*self.passages(rows[s]), tags[s].to(DEVICE), max_len, data.EOS, temperature, 0, g,
-                                    banned=banned, no_repeat=no_repeat)
-            return F.pad(ids.masked_fill(~mask, data.PAD), (0, max_len - ids.size(1)))
-        written = self.chunked(log_every, "align", len(rows), GEN_CHUNK, write)             # [n, max_len]
-        return [[tok for tok in row if tok != data.PAD] for row in written.tolist()]
-
     def teacher_rates(self, de, qg, ce, qids, k, seed, log_every):
         """How well each scorer (warm DE, QG, CE) ranks the queries' C(q): p+ in the top 1 and top 5, reading the
         real query and reading another query of its language (a teacher that reads a prior of the candidates, not
@@ -276,6 +277,8 @@ class EncodedData:
         """C(q) = p+ and the warm DE's top k other passages for each query of qids, scored by the DE and both teachers
         reading the query readers[i] (default: the query itself; another query of its language for the query-blind
         check, `others_of_same_language`)."""
+        if not qids:
+            return Candidates([], torch.zeros(0, 1 + k, dtype=torch.long), *(torch.zeros(0, 1 + k) for _ in range(3)))
         readers = readers or qids
         cand = self.kd_candidates(de, qids, k, seed)                                        # [Q, 1+k]
         q, p = self.embed(de, *self.de_queries(readers)), self.embed_passages(de)         # [Q, C], [N, C]

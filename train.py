@@ -14,9 +14,8 @@ import dataclasses
 import json
 import math
 import os
-import random
 import sys
-from collections import Counter, namedtuple
+from collections import namedtuple
 from dataclasses import dataclass
 
 import torch
@@ -26,6 +25,7 @@ import data
 import cli
 import dist
 import losses
+import written
 from encoded import POOL_SLACK, SCORE_CHUNK, Candidates, EncodedData, batch_rows, pad_on_device
 from model import DualEncoder, Encoder, pad_batch
 from outdir import DEVICE, Progress, Stop, autocast, log
@@ -66,13 +66,16 @@ class Config:
     tau: float = 1.0             # contrastive temperature, in (0, inf)
     negatives: int = 1           # hard negatives per query in DE training (at most pool), in [0, inf)
     pool: int = 30               # mined candidates per query that negatives are drawn from, in [1, inf)
-    rank_negs: int = 7           # negatives per query for the QG ranking step and the CE (at most pool), in [1, inf)
+    rank_negs: int = 7           # negatives per query for the QG ranking step and the CE (at most teacher_pool), in [1, inf)
+    teacher_pool: int = 30       # the teachers' negatives are drawn from the top this many (--kd-k: as C(q) is), in [1, inf)
     teacher_negatives: str = "de"  # negatives of the teachers: the warm DE's or BM25's (claim 1), one of {de, bm25}
     teacher_frac: float = 1.0    # share of each language's training queries the teachers see (claim 1), in (0, 1]
     lambda_gen: float = 1.0      # weight of L_gen in the QG ranking loss, in [0, inf)
     tau_r: float = 1.0           # temperature of the QG ranking softmax, in (0, inf)
     kd_k: int = 12               # C(q) = p+ and the warm DE's top-K other passages, in [1, inf)
     alpha: float = 1.0           # weight of L_kd, in [0, inf)
+    kd_gate: bool = False        # distil a language only where the teacher ranks dev C(q) above the warm DE and blind
+    kd_written: float = 0.0      # share of the training passages the QG writes a distillation query for, in [0, 1]
     tau_t: float = 0.0           # teacher temperature; 0 = as sharp as the warm DE (matched_temperature), in [0, inf)
     tau_s: float = 1.0           # student temperature, in (0, inf)
     align: str = "dist"          # alignment loss, one of {dist, kd, emb}
@@ -95,7 +98,7 @@ class Config:
 PRESETS = {  # each preset's default data set is the synthetic benchmark of the same size (data/<size>)
     "micro": dict(dim=32, n_heads=2, n_layers=1, n_dec_layers=1, vocab_size=700, max_len_p=48, batch=16, rank_batch=4,
                   mlm_steps=30, denoise_steps=20, de_steps=100, qg_steps=30, rank_steps=10, ce_steps=10, kd_steps=10,
-                  kd_k=4, rank_negs=3, pool=8, eval_k=20, ckpt_every=5),
+                  kd_k=4, rank_negs=3, pool=8, teacher_pool=8, eval_k=20, ckpt_every=5),
     "tiny": {},
     "gpu": dict(vocab_size=32000, dim=256, n_layers=4, n_dec_layers=4, batch=128, rank_batch=32, mlm_steps=20000,
                 denoise_steps=10000, de_steps=5000, qg_steps=10000, rank_steps=3000, ce_steps=6000, kd_steps=5000,
@@ -245,7 +248,7 @@ def stage_qg(cfg, d, out):
     if out.todo("qg", "qg.pt"):
         qg = out.new_model(QueryGenerator, d.model_config(cfg), cfg.seed, "qg_gen.pt")
         warm = out.load_model(DualEncoder, "de.pt") if cfg.teacher_negatives == "de" else None  # else BM25's
-        pool = d.negative_pool(qids, cfg.pool, cfg.seed, warm)                                  # the teachers' negatives
+        pool = d.negative_pool(qids, cfg.teacher_pool, cfg.seed, warm)                          # the teachers' negatives
 
         def step(gen):
             b, cand = (dist.mine(x) for x in d.ranking_batch(gen, qids, pool, cfg.rank_batch, cfg.rank_negs))
@@ -261,7 +264,7 @@ def stage_ce(cfg, d, out):
     if out.todo("ce", "ce.pt"):
         ce = out.new_model(CrossEncoder, d.model_config(cfg), cfg.seed, "pretrain.pt")
         warm = out.load_model(DualEncoder, "de.pt") if cfg.teacher_negatives == "de" else None  # else BM25's
-        pool = d.negative_pool(qids, cfg.pool, cfg.seed, warm)                                  # the teachers' negatives
+        pool = d.negative_pool(qids, cfg.teacher_pool, cfg.seed, warm)                          # the teachers' negatives
 
         def step(gen):
             b, cand = (dist.mine(x) for x in d.ranking_batch(gen, qids, pool, cfg.rank_batch, cfg.rank_negs))
@@ -272,32 +275,38 @@ def stage_ce(cfg, d, out):
 
 # ----------------------------------------------------------------------------- distillation (METHOD.md 4-6)
 
-def teacher_tau(cfg, t_scores, c):
+def teacher_tau(cfg, t_scores, de_scores):
     """cfg.tau_t, or when it is 0 the temperature that makes the teacher's scores on the training candidates as
-    sharp as the warm DE's (one rule for every teacher; their scales differ by orders of magnitude)."""
-    tau = cfg.tau_t or losses.matched_temperature(t_scores, c.de, tau_s=cfg.tau_s)
+    sharp as the warm DE's de_scores (one rule for every teacher; their scales differ by orders of magnitude)."""
+    tau = cfg.tau_t or losses.matched_temperature(t_scores, de_scores, tau_s=cfg.tau_s)
     log("kd", f"teacher temperature {tau:.3g}")
     return tau
 
 
-def distil(cfg, d, out, name, c, t_scores, alpha=None, aligned=None, pivot=None):
+def distil(cfg, d, out, name, c, t_scores, alpha=None, aligned=None, pivot=None, taught=None):
     """A copy of the warm DE trained on the training queries' C(q) (Candidates c) with
         L = L_ce + alpha L_kd  [+ beta L_align]  [+ gamma L_tok]
     L_ce: the contrastive loss over every candidate of the batch; L_kd: KL from the teacher's t_scores [Q, 1+K] to
-    the student over each query's own C(q); alpha defaults to cfg.alpha. aligned = (ids, mask, scores, tau, keep)
+    the student over each query's own C(q); alpha defaults to cfg.alpha. c may end with written distillation
+    queries (the last c.written rows): a step draws as many of them as of the training queries, and their only
+    term is L_kd. taught [Q] bool: the rows L_kd is over (default all; kd_gate). aligned = (ids, mask, scores, tau, keep)
     adds the alignment term on the QG-written queries q' (one row per training query, DE form; scores and tau: the
     teacher on C(q) reading q', align kd only; keep [Q] bool: the rows that have a q').
     pivot = (pivot DE, ids, mask) adds DR.DECR's token-level KD from the pivot DE reading the translations.
     Under torchrun each rank encodes its share of the queries with their C(q); every term but L_tok is over every
     rank's (or its own: gather_negatives), L_tok over its own tokens, weighted (dist.mean_weight)."""
     q_ids, q_mask = d.de_queries(c.qids)
-    alpha = cfg.alpha if alpha is None else alpha
-    tau_t = teacher_tau(cfg, t_scores, c)
+    alpha, R, n_real = cfg.alpha if alpha is None else alpha, cfg.rank_batch, len(c.qids) - c.written
+    taught = torch.ones(len(c.qids), dtype=torch.bool) if taught is None else taught
+    tau_t = teacher_tau(cfg, t_scores[:n_real], c.de[:n_real])
     de, M = out.new_model(DualEncoder, d.model_config(cfg), cfg.seed, "de.pt"), c.cand.size(1)
     together = dist.gather if cfg.gather_negatives else lambda x: x  # under torchrun: every rank's rows, or its own
 
     def step(gen):
-        b = torch.randint(len(c.qids), (cfg.rank_batch,), generator=gen)
+        b = torch.randint(n_real, (R,), generator=gen)
+        if c.written:  # as many written queries; under torchrun each rank's share is its training rows, then its written
+            w = n_real + torch.randint(c.written, (R,), generator=gen)
+            b = torch.cat([torch.cat([b[r], w[r]]) for r in dist.shares(R)])
         mine = dist.mine(b)                                               # this rank's queries (all without torchrun)
         n_tok = int(q_mask[b].sum())                                      # the batch's query tokens (L_tok's mean)
         qi, qm = batch_rows(q_ids, q_mask, mine)
@@ -309,9 +318,11 @@ def distil(cfg, d, out, name, c, t_scores, alpha=None, aligned=None, pivot=None)
         s = de.score(q, p)                                                                    # [B, B*M]
         valid = ~d.other_positives([c.qids[i] for i in b.tolist()], cand)
         valid[ar, ar * M] = True
-        l_ce, acc = losses.contrastive_loss(s, ar * M, valid, cfg.tau)
+        real, kd = (b < n_real).to(DEVICE), taught[b].to(DEVICE)                                # [B] bool each
+        l_ce, acc = losses.contrastive_loss(s[real], (ar * M)[real], valid[real], cfg.tau)
         own = s.view(B, B, M)[ar, ar]                                                         # [B, M] s(q_i, C(q_i))
-        l_kd = losses.kd_loss(own, t_scores[b].to(DEVICE), tau_s=cfg.tau_s, tau_t=tau_t)
+        l_kd = (losses.kd_loss(own[kd], t_scores[b].to(DEVICE)[kd], tau_s=cfg.tau_s, tau_t=tau_t) * kd.float().mean()
+                if kd.any() else own.sum() * 0)                                # mean over the batch's rows, 0 off them
         loss, logs = l_ce + alpha * l_kd, {"ce": l_ce.item(), "kd": l_kd.item(), "acc": acc.item()}
         if aligned:  # METHOD.md 5: the student treats q and the QG-written q' (same passage, other language) alike
             g_ids, g_mask, g_scores, g_tau, g_keep = aligned
@@ -342,15 +353,22 @@ def distil(cfg, d, out, name, c, t_scores, alpha=None, aligned=None, pivot=None)
 
 
 def stage_teach(cfg, d, out):
-    """Training queries' C(q) scored once by the warm DE and both teachers (kd_cache.pt); their dev ranking (teachers.json)."""
+    """C(q) scored once by the warm DE and both teachers: the training queries' (kd_cache.pt), the QG's written
+    distillation queries' (kd_written.pt, cfg.kd_written; empty at 0), and the dev queries' rates (teachers.json)."""
     dev = [q for q in d.ds.qrels.get("dev", {}) if d.pos[q]]
-    cache, rated = out.todo("teach", "kd_cache.pt"), bool(dev) and out.todo("teach", "teachers.json")
-    if not (cache or rated):  # both made: no model to load
+    cache, more, rated = (out.todo("teach", f) for f in ("kd_cache.pt", "kd_written.pt", "teachers.json"))
+    rated = rated and bool(dev)
+    if not (cache or more or rated):  # all made: no model to load
         return
     scorers = [out.load_model(cls, f"{n}.pt") for cls, n in ((DualEncoder, "de"), (QueryGenerator, "qg"), (CrossEncoder, "ce"))]
     if cache:
         c = d.score_candidates(*scorers, d.train, cfg.kd_k, cfg.seed, cfg.log_every)
         out.save("kd_cache.pt", dataclasses.asdict(c))
+    if more:  # the QG's written distillation queries (written.py), scored like the training queries
+        w = written.for_distillation(cfg, d, scorers[1])
+        written.add(d, w)
+        c = d.score_candidates(*scorers, w["qids"], cfg.kd_k, cfg.seed, cfg.log_every)
+        out.save("kd_written.pt", {**w, **{f: getattr(c, f) for f in ("cand", "de", "qg", "ce")}})
     if rated:
         rates = d.teacher_rates(*scorers, dev, cfg.kd_k, cfg.seed, cfg.log_every)
         out.write_text("teachers.json", json.dumps({"dev": rates}, indent=1) + "\n")
@@ -360,59 +378,52 @@ def stage_teach(cfg, d, out):
                          f"(chance {1 / (1 + cfg.kd_k):.3f})")
 
 
+def taught_rows(cfg, d, out, c, teacher):
+    """kd_gate: [Q] bool, True for the rows of c in a language where `teacher` ranks p+ first among the dev queries'
+    C(q) more often than the warm DE does and than it does reading another query (teachers.json); else None (all)."""
+    if not cfg.kd_gate or not out.exists("teachers.json"):
+        log("kd", f"{teacher}: distilled in every language" + (" (no dev queries to choose on)" if cfg.kd_gate else ""))
+        return None
+    r = out.read_json("teachers.json", "the teach stage's teachers.json")["dev"]
+    trusted = {x for x, v in r["top1"][teacher].items() if x != "all" and v > max(r["top1"]["de"][x], r["blind_top1"][teacher][x])}
+    log("kd", f"{teacher}: distilled in the languages {sorted(trusted)}, chosen on dev (kd_gate)")
+    return torch.tensor([d.lang(q) in trusted for q in c.qids], dtype=torch.bool)
+
+
 def stage_kd(cfg, d, out):
     """Each teacher distilled into a copy of the warm DE, and the control de_ft: the same stage with alpha = 0 (same
     batches, schedule, candidates and steps), so that a student is compared with more training, not with less."""
-    c = Candidates(**out.load("kd_cache.pt"))
-    for name, t_scores, alpha in (("de_ft", c.qg, 0.0), ("ce_kd", c.ce, cfg.alpha), ("qg_kd", c.qg, cfg.alpha)):
+    c = written.distillation_set(d, out)
+    for name, teacher, alpha in (("de_ft", "qg", 0.0), ("ce_kd", "ce", cfg.alpha), ("qg_kd", "qg", cfg.alpha)):
         if out.todo("kd", f"{name}.pt"):
-            distil(cfg, d, out, name, c, t_scores, alpha=alpha)
-
-
-def write_queries(cfg, d, out, c):
-    """For each training query the QG writes, once, a query q' for its positive in another language -> generated.pt
-    {qids, lang, tokens, keep}. align_to any: any other query language; down: only a language the QG was trained to
-    write with fewer training queries than the source's (the high-resource side teaches the low-resource one; a
-    query without such a language gets no q'). round_trip keeps q' only where the QG ranks p+ first among C(q)."""
-    ds, rng, n_train = d.ds, random.Random(cfg.seed), Counter(d.ds.lang[q] for q in d.train)
-    langs = [x for x in ds.languages() if cfg.align_to == "any" or n_train[x]]
-    options = [[x for x in langs if x != ds.lang[q] and (cfg.align_to == "any" or n_train[x] < n_train[ds.lang[q]])]
-               for q in c.qids]
-    target = [rng.choice(xs) if xs else None for xs in options]
-    rows, qg = [i for i, x in enumerate(target) if x], out.load_model(QueryGenerator, "qg.pt")
-    written = iter(d.write_queries(qg, c.cand[rows, 0], [target[i] for i in rows], cfg.max_len_q - 2,
-                                   cfg.gen_temperature, cfg.gen_no_repeat, cfg.seed, cfg.log_every) if rows else [])
-    tokens, keep = [next(written) if x else [] for x in target], [x is not None for x in target]
-    if cfg.round_trip:  # the QG must rank q''s passage first among C(q) when it reads q'
-        tgt = d.written_targets(target, tokens)
-        r = d.chunked(cfg.log_every, "align", len(c.qids), SCORE_CHUNK,
-                      lambda s: d.qg_scores(qg, batch_rows(*tgt, s), c.cand[s]).float())
-        keep = [k and bool(x[0] > x[1:].max()) for k, x in zip(keep, r)]
-    out.save("generated.pt", {"qids": c.qids, "lang": target, "tokens": tokens, "keep": keep})
-    for x in langs:  # the share kept and two examples per language, for the reader of the log
-        mine = [i for i, y in enumerate(target) if y == x]
-        log("align", f"{x}: {sum(keep[i] for i in mine)} of {len(mine)} written queries kept, e.g. " + "; ".join(
-            f"{d.tok.decode(tokens[i])!r} <- {ds.queries[c.qids[i]]!r} ({ds.lang[c.qids[i]]})" for i in mine[:2]))
+            taught = taught_rows(cfg, d, out, c, teacher) if alpha else None
+            distil(cfg, d, out, name, c, getattr(c, teacher), alpha=alpha, taught=taught)
 
 
 def stage_align(cfg, d, out):
     """qg_kd plus alignment on QG-written queries in other languages; cfg.align picks the loss."""
     if not out.todo("align", "qg_kd_align.pt"):
         return
-    c = Candidates(**out.load("kd_cache.pt"))
+    c = Candidates(**out.load("kd_cache.pt"))                                          # the training queries'
     if not out.exists("generated.pt"):
-        write_queries(cfg, d, out, c)
-    written = out.load("generated.pt")
-    g_ids, g_mask = pad_batch([[data.Q] + toks for toks in written["tokens"]])                      # [Q, Tq]
+        written.for_alignment(cfg, d, out, c)
+    made = out.load("generated.pt")
+    g_ids, g_mask = pad_batch([[data.Q] + toks for toks in made["tokens"]])                         # [Q, Tq]
     g_scores = g_tau = None
     if cfg.align == "kd":  # the teacher's scores of the written queries over C(q), once
         qg = out.load_model(QueryGenerator, "qg.pt")
-        tgt = d.written_targets(written["lang"], written["tokens"])
+        tgt = d.targets(made["lang"], made["tokens"])
         g_scores = d.chunked(cfg.log_every, "align", len(c.qids), SCORE_CHUNK,
                              lambda s: d.qg_scores(qg, batch_rows(*tgt, s), c.cand[s]).float())
-        g_tau = teacher_tau(cfg, c.qg, c)
-    keep = torch.tensor(written.get("keep", [True] * len(c.qids)))
-    distil(cfg, d, out, "qg_kd_align", c, c.qg, aligned=(g_ids, g_mask, g_scores, g_tau, keep))
+        g_tau = teacher_tau(cfg, c.qg, c.de)
+    keep = torch.tensor(made.get("keep", [True] * len(c.qids)))
+    c = written.distillation_set(d, out)                                         # + the written distillation queries
+    n = c.written                                                        # rows without a q'
+    g_ids, g_mask = F.pad(g_ids, (0, 0, 0, n), value=data.Q), F.pad(g_mask, (0, 0, 0, n))
+    g_mask[len(keep):, 0] = True                                                      # [Q] alone
+    g_scores = None if g_scores is None else F.pad(g_scores, (0, 0, 0, n))
+    aligned = (g_ids, g_mask, g_scores, g_tau, F.pad(keep, (0, n), value=False))
+    distil(cfg, d, out, "qg_kd_align", c, c.qg, aligned=aligned, taught=taught_rows(cfg, d, out, c, "qg"))
 
 
 def stage_drdecr(cfg, d, out):
@@ -444,9 +455,9 @@ STAGES = [  # in pipeline order, after the tokenizer; run by cli.run_stages, whi
     Stage("de", stage_de, ["pretrain.pt"], ["de_bm25.pt", "de.pt"]),
     Stage("qg", stage_qg, ["qg_pretrain.pt", "de.pt"], ["qg_gen.pt", "qg.pt"]),
     Stage("ce", stage_ce, ["pretrain.pt", "de.pt"], ["ce.pt"]),
-    Stage("teach", stage_teach, ["de.pt", "qg.pt", "ce.pt"], ["kd_cache.pt", "teachers.json"]),
-    Stage("kd", stage_kd, ["kd_cache.pt", "de.pt"], ["de_ft.pt", "ce_kd.pt", "qg_kd.pt"]),
-    Stage("align", stage_align, ["kd_cache.pt", "qg.pt"], ["generated.pt", "qg_kd_align.pt"]),
+    Stage("teach", stage_teach, ["de.pt", "qg.pt", "ce.pt"], ["kd_cache.pt", "kd_written.pt", "teachers.json"]),
+    Stage("kd", stage_kd, ["kd_cache.pt", "kd_written.pt", "de.pt"], ["de_ft.pt", "ce_kd.pt", "qg_kd.pt"]),
+    Stage("align", stage_align, ["kd_cache.pt", "kd_written.pt", "qg.pt"], ["generated.pt", "qg_kd_align.pt"]),
     Stage("drdecr", stage_drdecr, ["kd_cache.pt", "pretrain.pt"], ["de_pivot.pt", "drdecr.pt"]),
     Stage("eval", stage_eval, [], ["runs/", "results.json", "results.md"]),  # remade every time: cheap, reads all
 ]

@@ -1,0 +1,112 @@
+"""The QG's written distillation queries (written.py, --kd-written) and the dev-chosen teacher gate (--kd-gate), on
+the micro synthetic benchmark: the added queries' forms, what kd_written.pt holds, and the gate's two extremes."""
+import json
+import os
+import shutil
+from collections import Counter
+
+import pytest
+import torch
+
+import data
+import train
+from encoded import EncodedData
+from outdir import OutDir
+
+MICRO = ["--preset", "micro", "--log-every", "60"]
+
+
+@pytest.fixture(scope="module")
+def taught(micro, tmp_path_factory):
+    """A micro run up to the teachers, with a written query for every training passage."""
+    out = str(tmp_path_factory.mktemp("taught"))
+    assert train.main(["--data", micro, "--out", out, *MICRO, "--kd-written", "1", "--stages",
+                       "pretrain,de,qg,ce,teach"]) == 0
+    return out
+
+
+def copy_of(run, tmp_path):
+    out = str(tmp_path / "out")
+    shutil.copytree(run, out)
+    os.remove(os.path.join(out, "config.json"))  # the copies below change settings that the stages up to teach ignore
+    return out
+
+
+def test_added_queries_get_every_form(micro, tmp_path):
+    out = OutDir(str(tmp_path))
+    d = EncodedData.tokenized(data.load(micro), out, 300, 12, 24, "en")
+    before = {k: getattr(d, k).clone() for k in ("Q_ids", "Q_mask", "T_ids", "T_mask")}
+    n = len(d.qids)
+    d.add_queries(["w0", "w1"], ["qc", "qd"], [[40, 41, 42], [43]], [5, 7])
+    assert d.qrow["w0"] == n and d.qrow["w1"] == n + 1 and d.pos["w1"] == [7] and d.lang("w0") == "qc"
+    assert d.Q_ids[n].tolist()[:4] == [data.Q, 40, 41, 42] and d.Q_mask[n].sum() == 4
+    assert d.T_ids[n + 1].tolist()[:3] == [d.tag["qd"], 43, data.EOS] and d.T_mask[n + 1].sum() == 3
+    for k, v in before.items():  # the data set's own rows are unchanged (padding may have grown)
+        T = v.size(1)
+        assert torch.equal(getattr(d, k)[:n, :T], v) and not getattr(d, k)[:n, T:].any()
+    with pytest.raises(ValueError, match="already in use"):
+        d.add_queries(["w0"], ["qc"], [[40]], [5])
+
+
+def test_written_distillation_queries(taught, micro):
+    ds = data.load(micro)
+    w = torch.load(os.path.join(taught, "kd_written.pt"), weights_only=True)
+    n_train = Counter(ds.lang[q] for q in ds.qrels["train"])
+    train_pos = {p for q in ds.qrels["train"] for p, s in ds.qrels["train"][q].items() if s > 0}
+    rows = [ds.pids[r] for r in w["rows"]]
+    assert len(set(rows)) == len(rows) and set(rows) <= train_pos                   # distinct training passages
+    assert len(rows) >= 0.9 * len({min(ds.qrels["train"][q]) for q in ds.qrels["train"]})  # share 1: (nearly) all
+    assert set(w["lang"]) <= set(n_train) and all(w["tokens"])                      # trained languages, not empty
+    low = sum(n_train[x] < max(n_train.values()) for x in w["lang"]) / len(w["lang"])
+    assert low > 0.7  # weights 1/n_train: qc and qd (8 queries) each ten times as likely as qa and qb (80)
+    assert w["cand"].shape == (len(rows), 5) and w["cand"][:, 0].tolist() == w["rows"]   # p+ = its own passage
+    assert all(w["cand"][i, 0] not in w["cand"][i, 1:] for i in range(len(rows)))
+    assert all(t.shape == w["cand"].shape and torch.isfinite(t).all() for t in (w["de"], w["qg"], w["ce"]))
+
+
+def students(out):
+    return {n: torch.load(os.path.join(out, f"{n}.pt"), weights_only=True)["model"] for n in ("de_ft", "qg_kd")}
+
+
+def same(a, b):
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_gate_that_trusts_no_language_is_the_control(taught, micro, tmp_path):
+    """With every teacher rate 0 no row is distilled: qg_kd trains on the control's batches with L_ce alone."""
+    out = copy_of(taught, tmp_path)
+    r = json.load(open(os.path.join(out, "teachers.json")))
+    zero = {k: {t: {x: 0.0 for x in v} for t, v in rates.items()} for k, rates in r["dev"].items()}
+    with open(os.path.join(out, "teachers.json"), "w") as f:
+        json.dump({"dev": zero}, f)
+    assert train.main(["--data", micro, "--out", out, *MICRO, "--kd-written", "1", "--kd-gate", "true",
+                       "--stages", "kd"]) == 0
+    s = students(out)
+    assert same(s["de_ft"], s["qg_kd"])
+
+
+def test_gate_that_trusts_every_language_is_no_gate(taught, micro, tmp_path):
+    outs = []
+    for gate, rate in (("true", 1.0), ("false", None)):
+        out = copy_of(taught, tmp_path / gate)
+        if rate is not None:  # the teachers perfect, the warm DE at 0, in every language
+            r = json.load(open(os.path.join(out, "teachers.json")))["dev"]
+            r = {k: {t: {x: (0.0 if t == "de" or k.startswith("blind") else rate) for x in v} for t, v in rates.items()}
+                 for k, rates in r.items()}
+            with open(os.path.join(out, "teachers.json"), "w") as f:
+                json.dump({"dev": r}, f)
+        assert train.main(["--data", micro, "--out", out, *MICRO, "--kd-written", "1", "--kd-gate", gate,
+                           "--stages", "kd"]) == 0
+        outs.append(students(out))
+    assert same(outs[0]["qg_kd"], outs[1]["qg_kd"]) and not same(outs[0]["qg_kd"], outs[0]["de_ft"])
+
+
+def test_share_zero_writes_none_and_the_written_queries_change_the_student(taught, micro, tmp_path):
+    out = copy_of(taught, tmp_path)
+    os.remove(os.path.join(out, "kd_written.pt"))
+    assert train.main(["--data", micro, "--out", out, *MICRO, "--stages", "teach,kd"]) == 0
+    w = torch.load(os.path.join(out, "kd_written.pt"), weights_only=True)
+    assert w["qids"] == [] and w["cand"].shape == (0, 5)
+    with_written = copy_of(taught, tmp_path / "w")
+    assert train.main(["--data", micro, "--out", with_written, *MICRO, "--kd-written", "1", "--stages", "kd"]) == 0
+    assert not same(students(out)["qg_kd"], students(with_written)["qg_kd"])
