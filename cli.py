@@ -185,11 +185,12 @@ def run_stages(stages, selected, cfg, d, out):
 
 
 def check_corpus(cfg, ds, root):
-    """Every query's candidates come from the corpus: it must hold --pool (or --kd-k) passages beyond its positives."""
+    """Every query's candidates come from the corpus: it must hold --pool (--teacher-pool, --kd-k) passages beyond its
+    positives."""
     most = max(sum(s > 0 for s in rel.values()) for split in ds.qrels.values() for rel in split.values())
-    need = max(cfg.pool, cfg.kd_k) + most
+    need = max(cfg.pool, cfg.teacher_pool, cfg.kd_k) + most
     if len(ds.pids) < need:
-        raise Stop(f"{root}/corpus.jsonl:0: {len(ds.pids)} passages; --pool and --kd-k need {need}")
+        raise Stop(f"{root}/corpus.jsonl:0: {len(ds.pids)} passages; --pool, --teacher-pool and --kd-k need {need}")
 
 
 # Settings that change nothing trained (a resumed stage is exact whatever ckpt_every): left out of a run folder's

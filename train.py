@@ -59,7 +59,7 @@ class Config:
     denoise_steps: int = 500     # span-corruption pre-training of the QG, in [0, inf)
     de_steps: int = 500          # per DE round (and the pivot DE of drdecr), in [0, inf)
     qg_steps: int = 800          # QG generation training, in [0, inf)
-    rank_steps: int = 300        # QG ranking fine-tune, in [0, inf)
+    rank_steps: int = 900        # QG ranking fine-tune, in [0, inf)
     ce_steps: int = 600          # cross-encoder training, in [0, inf)
     kd_steps: int = 300          # each distilled student (ce_kd, qg_kd, qg_kd_align, drdecr), in [0, inf)
     # method
@@ -67,7 +67,7 @@ class Config:
     negatives: int = 1           # hard negatives per query in DE training (at most pool), in [0, inf)
     pool: int = 30               # mined candidates per query that negatives are drawn from, in [1, inf)
     rank_negs: int = 7           # negatives per query for the QG ranking step and the CE (at most teacher_pool), in [1, inf)
-    teacher_pool: int = 30       # the teachers' negatives are drawn from the top this many (--kd-k: as C(q) is), in [1, inf)
+    teacher_pool: int = 12       # the teachers' negatives come from the top this many (= kd_k: drawn like C(q)), in [1, inf)
     teacher_negatives: str = "de"  # negatives of the teachers: the warm DE's or BM25's (claim 1), one of {de, bm25}
     teacher_frac: float = 1.0    # share of each language's training queries the teachers see (claim 1), in (0, 1]
     lambda_gen: float = 1.0      # weight of L_gen in the QG ranking loss, in [0, inf)
@@ -76,14 +76,15 @@ class Config:
     alpha: float = 1.0           # weight of L_kd, in [0, inf)
     kd_gate: bool = False        # distil a language only where the teacher ranks dev C(q) above the warm DE and blind
     kd_written: float = 0.0      # share of the training passages the QG writes a distillation query for, in [0, 1]
+    kd_standardize: bool = False  # each query's teacher scores to mean 0, sd 1 over its C(q) before tau_t
     tau_t: float = 0.0           # teacher temperature; 0 = as sharp as the warm DE (matched_temperature), in [0, inf)
     tau_s: float = 1.0           # student temperature, in (0, inf)
     align: str = "dist"          # alignment loss, one of {dist, kd, emb}
     beta: float = 1.0            # weight of the alignment loss, in [0, inf)
     gen_temperature: float = 0.0  # QG sampling temperature for generated queries (0 = greedy), in [0, inf)
-    gen_no_repeat: int = 0       # a written query repeats no n-gram of this length (0 = off), in [0, inf)
-    align_to: str = "any"        # language of a written query: any other, or a lower-resource trained one, one of {any, down}
-    align_detach: bool = False   # the alignment term sends no gradient into the passage embeddings
+    gen_no_repeat: int = 2       # a written query repeats no n-gram of this length (0 = off), in [0, inf)
+    align_to: str = "down"       # language of a written query: any other, or a lower-resource trained one, one of {any, down}
+    align_detach: bool = True    # the alignment term sends no gradient into the passage embeddings
     round_trip: bool = False     # keep a written query only where the QG ranks its passage first among C(q)
     gamma: float = 1.0           # weight of DR.DECR's token-level representation KD, in [0, inf)
     mlm_prob: float = 0.15       # share of tokens masked in MLM pre-training, in (0, 1]
@@ -98,11 +99,11 @@ class Config:
 PRESETS = {  # each preset's default data set is the synthetic benchmark of the same size (data/<size>)
     "micro": dict(dim=32, n_heads=2, n_layers=1, n_dec_layers=1, vocab_size=700, max_len_p=48, batch=16, rank_batch=4,
                   mlm_steps=30, denoise_steps=20, de_steps=100, qg_steps=30, rank_steps=10, ce_steps=10, kd_steps=10,
-                  kd_k=4, rank_negs=3, pool=8, teacher_pool=8, eval_k=20, ckpt_every=5),
+                  kd_k=4, rank_negs=3, pool=8, teacher_pool=4, eval_k=20, ckpt_every=5),
     "tiny": {},
     "gpu": dict(vocab_size=32000, dim=256, n_layers=4, n_dec_layers=4, batch=128, rank_batch=32, mlm_steps=20000,
                 denoise_steps=10000, de_steps=5000, qg_steps=10000, rank_steps=3000, ce_steps=6000, kd_steps=5000,
-                max_len_p=192, kd_k=32, ckpt_every=1000),
+                max_len_p=192, kd_k=32, teacher_pool=32, ckpt_every=1000),
 }
 SYNTH_SIZE = {"micro": "micro", "tiny": "tiny", "gpu": "small"}
 
@@ -298,6 +299,8 @@ def distil(cfg, d, out, name, c, t_scores, alpha=None, aligned=None, pivot=None,
     q_ids, q_mask = d.de_queries(c.qids)
     alpha, R, n_real = cfg.alpha if alpha is None else alpha, cfg.rank_batch, len(c.qids) - c.written
     taught = torch.ones(len(c.qids), dtype=torch.bool) if taught is None else taught
+    if cfg.kd_standardize:  # one scale for every query and language: mean 0, sd 1 over each C(q)
+        t_scores = (t_scores - t_scores.mean(1, keepdim=True)) / t_scores.std(1, keepdim=True).clamp_min(1e-6)
     tau_t = teacher_tau(cfg, t_scores[:n_real], c.de[:n_real])
     de, M = out.new_model(DualEncoder, d.model_config(cfg), cfg.seed, "de.pt"), c.cand.size(1)
     together = dist.gather if cfg.gather_negatives else lambda x: x  # under torchrun: every rank's rows, or its own

@@ -128,7 +128,7 @@ def test_missing_input_small_corpus_and_bad_config_are_one_line_errors(micro, tm
     assert train.main(["--data", micro, "--out", out, "--stages", "kd", *MICRO]) == 1
     assert capsys.readouterr().err.strip().endswith("kd_cache.pt: not found; stage kd needs it: add stage teach to --stages")
     assert train.main(["--data", micro, "--out", str(tmp_path / "o2"), *MICRO, "--pool", "300"]) == 1
-    assert "corpus.jsonl:0: 280 passages; --pool and --kd-k need 301" in capsys.readouterr().err
+    assert "corpus.jsonl:0: 280 passages; --pool, --teacher-pool and --kd-k need 301" in capsys.readouterr().err
     for flag, value, message in [("--align", "foo", "--align 'foo': choose from dist, kd, emb"),
                                  ("--teacher-frac", "0", "--teacher-frac 0.0: must be in (0, 1]")]:
         assert train.main(["--data", micro, "--out", out, *MICRO, flag, value]) == 1
