@@ -108,6 +108,14 @@ def kd_loss(student, teacher, mask=None, tau_s=1.0, tau_t=1.0):
     return (p_t * (logp_t - logp_s)).sum(-1).mean()
 
 
+def standardize(scores, eps=1e-6):
+    """Each row of scores [Q, K] to mean 0 and standard deviation 1 (ours, METHOD.md 4, kd_standardize):
+        z_j = (t_j - mean_j t) / max(sd_j t, eps)
+    so that one temperature fits every query, whatever the scale of its teacher scores. Order within a row is kept;
+    a constant row becomes zeros."""
+    return (scores - scores.mean(1, keepdim=True)) / scores.std(1, keepdim=True).clamp_min(eps)
+
+
 def mean_entropy(scores, mask=None, tau=1.0):
     """H(softmax(scores / tau)) = -sum_j P_j log P_j over each row's valid entries, averaged over rows (a float)."""
     logp = masked_log_softmax(scores, mask, tau)

@@ -299,8 +299,7 @@ def distil(cfg, d, out, name, c, t_scores, alpha=None, aligned=None, pivot=None,
     q_ids, q_mask = d.de_queries(c.qids)
     alpha, R, n_real = cfg.alpha if alpha is None else alpha, cfg.rank_batch, len(c.qids) - c.written
     taught = torch.ones(len(c.qids), dtype=torch.bool) if taught is None else taught
-    if cfg.kd_standardize:  # one scale for every query and language: mean 0, sd 1 over each C(q)
-        t_scores = (t_scores - t_scores.mean(1, keepdim=True)) / t_scores.std(1, keepdim=True).clamp_min(1e-6)
+    t_scores = losses.standardize(t_scores) if cfg.kd_standardize else t_scores  # one scale for every query
     tau_t = teacher_tau(cfg, t_scores[:n_real], c.de[:n_real])
     de, M = out.new_model(DualEncoder, d.model_config(cfg), cfg.seed, "de.pt"), c.cand.size(1)
     together = dist.gather if cfg.gather_negatives else lambda x: x  # under torchrun: every rank's rows, or its own

@@ -332,3 +332,15 @@ def test_matched_temperature_equalises_entropy(masked):
     assert L.matched_temperature(student * 5, student, mask, tau_s=2.0) == pytest.approx(10.0, rel=1e-6)
     # every candidate tied: no temperature sharpens it, the bisection ends at its lower bound
     assert L.matched_temperature(torch.zeros(3, 4), torch.randn(3, 4, generator=g), lo=0.01) == pytest.approx(0.01)
+
+
+def test_standardize_by_hand_keeps_order_and_zeroes_a_constant_row():
+    t = torch.tensor([[1.0, 2.0, 3.0], [-4.0, -4.0, -4.0], [10.0, 0.0, 5.0]])
+    z = L.standardize(t)
+    assert torch.allclose(z[0], torch.tensor([-1.0, 0.0, 1.0]))          # mean 2, sd 1 (n - 1 in the sd)
+    assert torch.equal(z[1], torch.zeros(3))
+    assert torch.allclose(z[2], torch.tensor([1.0, -1.0, 0.0]))          # mean 5, sd 5
+    x = torch.randn(50, 9, generator=torch.Generator().manual_seed(0)) * 7 + 3
+    z = L.standardize(x)
+    assert torch.equal(z.argsort(1), x.argsort(1))
+    assert torch.allclose(z.mean(1), torch.zeros(50), atol=1e-6) and torch.allclose(z.std(1), torch.ones(50))
