@@ -52,7 +52,8 @@ def fmt(xs):
 
 def teacher_variant(flags, root, neg, frac):
     """Claim 1's teachers on a fraction of the training queries with one kind of negatives -> their dev rates."""
-    if neg == "de" and frac == 1:
+    base = cli.parse_args(flags, "", train.Config, train.PRESETS, train.NAMES, train.SYNTH_SIZE)[1]
+    if neg == base.teacher_negatives and frac == 1:  # the pipeline's own teachers
         return json.load(open(os.path.join(root, "teachers.json")))["dev"]
     sub = os.path.join(root, f"teachers_{neg}_{frac:g}")
     done = os.path.join(sub, "teachers_dev.json")
@@ -62,7 +63,6 @@ def teacher_variant(flags, root, neg, frac):
     for name in UPSTREAM:  # the same tokenizer, pre-training and warm DE as the seed's pipeline
         if not os.path.exists(os.path.join(sub, name)):
             os.symlink(os.path.abspath(os.path.join(root, name)), os.path.join(sub, name))
-    base = cli.parse_args(flags, "", train.Config, train.PRESETS, train.NAMES, train.SYNTH_SIZE)[1]
     scaled = [f"--{n}-steps" for n in ("qg", "rank", "ce")]
     steps = [max(1, math.ceil(frac * getattr(base, f"{n}_steps"))) for n in ("qg", "rank", "ce")]
     flags = [*flags, "--out", sub, "--teacher-frac", str(frac), "--teacher-negatives", neg,
@@ -73,7 +73,8 @@ def teacher_variant(flags, root, neg, frac):
     out, ds = OutDir(sub), data.load(args.data)
     d = train.stage_tokenizer(cfg, ds, out)
     scorers = [out.load_model(DualEncoder, "de.pt"), out.load_model(QueryGenerator, "qg.pt"), out.load_model(CrossEncoder, "ce.pt")]
-    rates = d.teacher_rates(*scorers, [q for q in ds.qrels["dev"] if d.pos[q]], cfg.kd_k, cfg.seed, cfg.log_every)
+    rates = d.teacher_rates(*scorers, [q for q in ds.qrels["dev"] if d.pos[q]], cfg.kd_k, cfg.seed, cfg.log_every,
+                            cfg.kd_union)
     atomic_write(done, json.dumps(rates, indent=1) + "\n")
     return rates
 

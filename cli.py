@@ -26,6 +26,7 @@ import os
 import re
 import time
 
+import dist
 from outdir import Stop, log
 
 RANGE = re.compile(r"in ([\[(])([^,]+), ([^\])]+)([\])])$")
@@ -152,6 +153,17 @@ def write_synth(path, size):
     finally:
         shutil.rmtree(path + ".tmp", ignore_errors=True)
     print(f"wrote the {size} synthetic benchmark to {path}")
+
+
+def run_folder(args, cfg, makers):
+    """The run folder (under torchrun rank 0 alone writes), claimed for these settings and data set (OutDir.claim),
+    tidied, with its tokenizer loaded where one exists."""
+    out = dist.outdir(args.out, makers)
+    out.claim(args.data, {k: v for k, v in dataclasses.asdict(cfg).items() if k not in UNTRAINED})
+    out.tidy()
+    if out.exists("tokenizer.json"):
+        out.load_tokenizer()
+    return out
 
 
 def check_inputs(stages, selected, lacks, out):

@@ -202,12 +202,22 @@ class EncodedData:
         scores, ids = self.bm25().search(queries, min(k, len(self.P_tokens)))
         return ids.masked_fill(scores <= 0, -1)
 
-    def negative_pool(self, qids, size, seed, de=None):
-        """`size` hard negatives per query: from the DE's ranking when a DE is given, else from BM25's: [Q, size]."""
+    def with_bm25(self, qids, ranked):
+        """A DE's ranking [Q, n] and BM25's taken in turn (d1, b1, d2, b2, ...; a passage once): [Q, n] corpus rows
+        (-1 past the end)."""
+        n = ranked.size(1)
+        bm25 = self.bm25_ranking(self.query_tokens(qids), n)
+        return torch.tensor([(list(dict.fromkeys(p for pair in zip(a, b) for p in pair if p >= 0)) + [-1] * n)[:n]
+                             for a, b in zip(ranked.tolist(), bm25.tolist())])
+
+    def negative_pool(self, qids, size, seed, de=None, union=False):
+        """`size` hard negatives per query: from the DE's ranking when a DE is given (union: and BM25's in turn,
+        with_bm25), else from BM25's: [Q, size]."""
         if de is None:
             ranked = self.bm25_ranking(self.query_tokens(qids), size + POOL_SLACK)
         else:
             ranked = self.de_ranking(de, qids, size + POOL_SLACK)
+            ranked = self.with_bm25(qids, ranked) if union else ranked
         return self.hard_negatives(qids, ranked, size, seed)
 
     def hard_negatives(self, qids, ranked, size, seed):
@@ -243,12 +253,12 @@ class EncodedData:
         uniq, inv = cand.unique(return_inverse=True)
         return qg.score(*self.passages(uniq), *tgt, inv.to(DEVICE))
 
-    def teacher_rates(self, de, qg, ce, qids, k, seed, log_every):
+    def teacher_rates(self, de, qg, ce, qids, k, seed, log_every, union=False):
         """How well each scorer (warm DE, QG, CE) ranks the queries' C(q): p+ in the top 1 and top 5, reading the
         real query and reading another query of its language (a teacher that reads a prior of the candidates, not
         the query, keeps its rate there; chance is 1 / (1 + k) for the top 1)."""
-        real = self.score_candidates(de, qg, ce, qids, k, seed, log_every)
-        blind = self.score_candidates(de, qg, ce, qids, k, seed, log_every, self.others_of_same_language(qids, seed))
+        real = self.score_candidates(de, qg, ce, qids, k, seed, log_every, union=union)
+        blind = self.score_candidates(de, qg, ce, qids, k, seed, log_every, self.others_of_same_language(qids, seed), union)
         return {"top1": self.top_rate(real), "top5": self.top_rate(real, 5), "blind_top1": self.top_rate(blind),
                 "blind_top5": self.top_rate(blind, 5)}
 
@@ -273,14 +283,14 @@ class EncodedData:
         texts += [(ds.lang[q], toks) for q, toks in zip(self.train, self.query_tokens(self.train))]
         return [(lang, toks) for lang, toks in texts if toks and lang in self.tag]
 
-    def score_candidates(self, de, qg, ce, qids, k, seed, log_every, readers=None):
-        """C(q) = p+ and the warm DE's top k other passages for each query of qids, scored by the DE and both teachers
-        reading the query readers[i] (default: the query itself; another query of its language for the query-blind
-        check, `others_of_same_language`)."""
+    def score_candidates(self, de, qg, ce, qids, k, seed, log_every, readers=None, union=False):
+        """C(q) (kd_candidates) for each query of qids, scored by the DE and both teachers reading the query
+        readers[i] (default: the query itself; another query of its language for the query-blind check,
+        `others_of_same_language`)."""
         if not qids:
             return Candidates([], torch.zeros(0, 1 + k, dtype=torch.long), *(torch.zeros(0, 1 + k) for _ in range(3)))
         readers = readers or qids
-        cand = self.kd_candidates(de, qids, k, seed)                                        # [Q, 1+k]
+        cand = self.kd_candidates(de, qids, k, seed, union)                                 # [Q, 1+k]
         q, p = self.embed(de, *self.de_queries(readers)), self.embed_passages(de)         # [Q, C], [N, C]
         log("teach", f"scoring {cand.numel()} (query, passage) pairs with both teachers")
         return Candidates(
@@ -290,10 +300,13 @@ class EncodedData:
             ce=self.chunked(log_every, "teach", len(qids), SCORE_CHUNK,
                             lambda s: ce(*self.ce_pairs(readers[s], cand[s])).view(-1, cand.size(1)).float()))
 
-    def kd_candidates(self, de, qids, k, seed):
-        """C(q) = p+ (the query's first positive) and the DE's top k other passages: corpus rows [Q, 1+k]."""
+    def kd_candidates(self, de, qids, k, seed, union=False):
+        """C(q) = p+ (the query's first positive) and the DE's top k other passages: corpus rows [Q, 1+k]. union:
+        the DE's and BM25's rankings taken in turn (d1, b1, d2, b2, ...; a passage once), so that where the DE
+        cannot yet read a language p+ is not the one candidate unlike the others."""
         q, p = self.embed(de, *self.de_queries(qids)), self.embed_passages(de, share=True)  # [Q, C], [N(share), C]
         ranked = self.top_passages(q, p, k + POOL_SLACK)[1].cpu()
+        ranked = self.with_bm25(qids, ranked) if union else ranked
         return torch.cat([torch.tensor([self.pos[x][0] for x in qids])[:, None],
                           self.hard_negatives(qids, ranked, k, seed)], 1)                  # [Q, 1+k]
 
@@ -319,6 +332,13 @@ class EncodedData:
             rates[name] = {x: hit[[i for i, y in enumerate(langs) if x in ("all", y)]].mean().item()
                            for x in ["all"] + sorted(set(langs), key=str)}
         return rates
+
+    @staticmethod
+    def trusted_languages(rates, teacher):
+        """The languages where `teacher` ranks p+ first among the dev C(q) more often than the warm DE does and than it
+        does reading another query (rates: teacher_rates' dict), sorted."""
+        top, blind = rates["top1"], rates["blind_top1"]
+        return sorted(x for x, v in top[teacher].items() if x != "all" and v > max(top["de"][x], blind[teacher][x]))
 
     def lacks(self, stage):
         """Why this data set cannot feed `stage` (one line), or None."""

@@ -68,11 +68,12 @@ class Config:
     pool: int = 30               # mined candidates per query that negatives are drawn from, in [1, inf)
     rank_negs: int = 7           # negatives per query for the QG ranking step and the CE (at most teacher_pool), in [1, inf)
     teacher_pool: int = 12       # the teachers' negatives come from the top this many (= kd_k: drawn like C(q)), in [1, inf)
-    teacher_negatives: str = "de"  # negatives of the teachers: the warm DE's or BM25's (claim 1), one of {de, bm25}
+    teacher_negatives: str = "de"  # the teachers' negatives: the warm DE's, BM25's (claim 1), both, one of {de, bm25, union}
     teacher_frac: float = 1.0    # share of each language's training queries the teachers see (claim 1), in (0, 1]
     lambda_gen: float = 1.0      # weight of L_gen in the QG ranking loss, in [0, inf)
     tau_r: float = 1.0           # temperature of the QG ranking softmax, in (0, inf)
     kd_k: int = 12               # C(q) = p+ and the warm DE's top-K other passages, in [1, inf)
+    kd_union: bool = False       # C(q) from the warm DE's and BM25's rankings in turn (else the DE's alone)
     alpha: float = 1.0           # weight of L_kd, in [0, inf)
     kd_gate: bool = False        # distil a language only where the teacher ranks dev C(q) above the warm DE and blind
     kd_written: float = 0.0      # share of the training passages the QG writes a distillation query for, in [0, 1]
@@ -123,10 +124,8 @@ def fit(cfg, out, name, model, steps, step, save_as, key=None):
     cfg.ckpt_every steps `<name>.partial.pt`, from which a restarted run resumes to the same weights as an
     uninterrupted one (on a CPU; CUDA kernels are not bitwise deterministic). `key` seeds the batches and dropout
     (default: the name): stages with one key draw the same batches, so two students differ by their losses only.
-    A loss that is not finite stops the run and drops the partial state too: its weights may already be on the way
-    (an infinite gradient makes them NaN a step before the loss shows it), and the same settings diverge again.
-    Under torchrun every rank draws the same batches and computes its share of each (dist.py); DDP averages the
-    gradients.
+    A loss that is not finite stops the run and drops the partial state (its weights may be NaN already). Under
+    torchrun every rank draws the same batches and computes its share of each (dist.py); DDP averages the gradients.
     """
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     seed = cfg.seed * 1000 + sum(map(ord, key or name))
@@ -235,6 +234,12 @@ def stage_de(cfg, d, out):
 
 # ----------------------------------------------------------------------------- the teachers (METHOD.md 2, 3)
 
+def teacher_negatives(cfg, d, out, qids):
+    """The teachers' negatives: [Q, teacher_pool] from the warm DE's ranking, BM25's, or both in turn."""
+    warm = out.load_model(DualEncoder, "de.pt") if cfg.teacher_negatives != "bm25" else None
+    return d.negative_pool(qids, cfg.teacher_pool, cfg.seed, warm, union=cfg.teacher_negatives == "union")
+
+
 def stage_qg(cfg, d, out):
     """Generation training on (q, p+) pairs in every language, then the ranking fine-tune L_qgrank."""
     qids = d.share_of_train(cfg.teacher_frac, cfg.seed)
@@ -248,8 +253,7 @@ def stage_qg(cfg, d, out):
         fit(cfg, out, "qg_gen", qg, cfg.qg_steps, step, "qg_gen.pt")
     if out.todo("qg", "qg.pt"):
         qg = out.new_model(QueryGenerator, d.model_config(cfg), cfg.seed, "qg_gen.pt")
-        warm = out.load_model(DualEncoder, "de.pt") if cfg.teacher_negatives == "de" else None  # else BM25's
-        pool = d.negative_pool(qids, cfg.teacher_pool, cfg.seed, warm)                          # the teachers' negatives
+        pool = teacher_negatives(cfg, d, out, qids)
 
         def step(gen):
             b, cand = (dist.mine(x) for x in d.ranking_batch(gen, qids, pool, cfg.rank_batch, cfg.rank_negs))
@@ -264,8 +268,7 @@ def stage_ce(cfg, d, out):
     qids = d.share_of_train(cfg.teacher_frac, cfg.seed)
     if out.todo("ce", "ce.pt"):
         ce = out.new_model(CrossEncoder, d.model_config(cfg), cfg.seed, "pretrain.pt")
-        warm = out.load_model(DualEncoder, "de.pt") if cfg.teacher_negatives == "de" else None  # else BM25's
-        pool = d.negative_pool(qids, cfg.teacher_pool, cfg.seed, warm)                          # the teachers' negatives
+        pool = teacher_negatives(cfg, d, out, qids)
 
         def step(gen):
             b, cand = (dist.mine(x) for x in d.ranking_batch(gen, qids, pool, cfg.rank_batch, cfg.rank_negs))
@@ -277,8 +280,7 @@ def stage_ce(cfg, d, out):
 # ----------------------------------------------------------------------------- distillation (METHOD.md 4-6)
 
 def teacher_tau(cfg, t_scores, de_scores):
-    """cfg.tau_t, or when it is 0 the temperature that makes the teacher's scores on the training candidates as
-    sharp as the warm DE's de_scores (one rule for every teacher; their scales differ by orders of magnitude)."""
+    """cfg.tau_t, or at 0 the one that makes the teacher as sharp as the warm DE on the training candidates."""
     tau = cfg.tau_t or losses.matched_temperature(t_scores, de_scores, tau_s=cfg.tau_s)
     log("kd", f"teacher temperature {tau:.3g}")
     return tau
@@ -288,11 +290,11 @@ def distil(cfg, d, out, name, c, t_scores, alpha=None, aligned=None, pivot=None,
     """A copy of the warm DE trained on the training queries' C(q) (Candidates c) with
         L = L_ce + alpha L_kd  [+ beta L_align]  [+ gamma L_tok]
     L_ce: the contrastive loss over every candidate of the batch; L_kd: KL from the teacher's t_scores [Q, 1+K] to
-    the student over each query's own C(q); alpha defaults to cfg.alpha. c may end with written distillation
-    queries (the last c.written rows): a step draws as many of them as of the training queries, and their only
-    term is L_kd. taught [Q] bool: the rows L_kd is over (default all; kd_gate). aligned = (ids, mask, scores, tau, keep)
-    adds the alignment term on the QG-written queries q' (one row per training query, DE form; scores and tau: the
-    teacher on C(q) reading q', align kd only; keep [Q] bool: the rows that have a q').
+    the student over each query's own C(q); alpha defaults to cfg.alpha. The last c.written rows of c are written
+    distillation queries: a step draws as many as training queries; their one term is L_kd. taught [Q] bool: the
+    rows L_kd is over (default all; kd_gate). aligned = (ids, mask, scores, tau, keep) adds the alignment term on
+    the QG-written q' (a row per training query, DE form; scores, tau: the teacher on C(q) reading q', align kd only;
+    keep: the rows that have a q'; a written row has none).
     pivot = (pivot DE, ids, mask) adds DR.DECR's token-level KD from the pivot DE reading the translations.
     Under torchrun each rank encodes its share of the queries with their C(q); every term but L_tok is over every
     rank's (or its own: gather_negatives), L_tok over its own tokens, weighted (dist.mean_weight)."""
@@ -328,8 +330,9 @@ def distil(cfg, d, out, name, c, t_scores, alpha=None, aligned=None, pivot=None,
         loss, logs = l_ce + alpha * l_kd, {"ce": l_ce.item(), "kd": l_kd.item(), "acc": acc.item()}
         if aligned:  # METHOD.md 5: the student treats q and the QG-written q' (same passage, other language) alike
             g_ids, g_mask, g_scores, g_tau, g_keep = aligned
-            k = g_keep[b].to(DEVICE)                                                          # [B] rows with a q'
-            eg = together(de.encode(*batch_rows(g_ids, g_mask, mine)))                        # [B, C] e(q')
+            bq, mq = b.clamp(max=n_real - 1), mine.clamp(max=n_real - 1)          # written rows: any row, then dropped
+            k = (g_keep[bq] & (b < n_real)).to(DEVICE)                                        # [B] rows with a q'
+            eg = together(de.encode(*batch_rows(g_ids, g_mask, mq)))                          # [B, C] e(q')
             if not k.any():
                 l_a = torch.zeros((), device=DEVICE)
             elif cfg.align == "emb":  # q'_i against every q_j of the batch; q_j about the same passage is masked
@@ -341,7 +344,7 @@ def distil(cfg, d, out, name, c, t_scores, alpha=None, aligned=None, pivot=None,
                 with torch.autocast(DEVICE.type, enabled=False):
                     s_g = torch.einsum("bc,bmc->bm", eg.float(), pc.float())                 # [B, M] s(q', C(q))
                 l_a = (losses.align_dist_loss(own[k], s_g[k], tau=cfg.tau_s) if cfg.align == "dist" else
-                       losses.kd_loss(s_g[k], g_scores[b].to(DEVICE)[k], tau_s=cfg.tau_s, tau_t=g_tau))
+                       losses.kd_loss(s_g[k], g_scores[bq].to(DEVICE)[k], tau_s=cfg.tau_s, tau_t=g_tau))
             loss, logs["align"] = loss + cfg.beta * l_a, l_a.item()
         if pivot:  # METHOD.md 6: the student's query token states regress onto the pivot DE's on the translation
             pivot_de, t_ids, t_mask = pivot
@@ -359,25 +362,22 @@ def stage_teach(cfg, d, out):
     distillation queries' (kd_written.pt, cfg.kd_written; empty at 0), and the dev queries' rates (teachers.json)."""
     dev = [q for q in d.ds.qrels.get("dev", {}) if d.pos[q]]
     cache, more, rated = (out.todo("teach", f) for f in ("kd_cache.pt", "kd_written.pt", "teachers.json"))
-    rated = rated and bool(dev)
-    if not (cache or more or rated):  # all made: no model to load
+    if not (cache or more or (rated := rated and bool(dev))):  # all made: no model to load
         return
     scorers = [out.load_model(cls, f"{n}.pt") for cls, n in ((DualEncoder, "de"), (QueryGenerator, "qg"), (CrossEncoder, "ce"))]
     if cache:
-        c = d.score_candidates(*scorers, d.train, cfg.kd_k, cfg.seed, cfg.log_every)
+        c = d.score_candidates(*scorers, d.train, cfg.kd_k, cfg.seed, cfg.log_every, union=cfg.kd_union)
         out.save("kd_cache.pt", dataclasses.asdict(c))
     if more:  # the QG's written distillation queries (written.py), scored like the training queries
         w = written.for_distillation(cfg, d, scorers[1])
         written.add(d, w)
-        c = d.score_candidates(*scorers, w["qids"], cfg.kd_k, cfg.seed, cfg.log_every)
+        c = d.score_candidates(*scorers, w["qids"], cfg.kd_k, cfg.seed, cfg.log_every, union=cfg.kd_union)
         out.save("kd_written.pt", {**w, **{f: getattr(c, f) for f in ("cand", "de", "qg", "ce")}})
     if rated:
-        rates = d.teacher_rates(*scorers, dev, cfg.kd_k, cfg.seed, cfg.log_every)
+        rates = d.teacher_rates(*scorers, dev, cfg.kd_k, cfg.seed, cfg.log_every, cfg.kd_union)
         out.write_text("teachers.json", json.dumps({"dev": rates}, indent=1) + "\n")
-        for name in ("de", "qg", "ce"):
-            log("teach", f"dev: {name} ranks p+ first among C(q) for {rates['top1'][name]['all']:.3f} of the "
-                         f"queries, {rates['blind_top1'][name]['all']:.3f} reading another query "
-                         f"(chance {1 / (1 + cfg.kd_k):.3f})")
+        log("teach", f"dev: p+ first among C(q) (chance {1 / (1 + cfg.kd_k):.3f}), reading the query / another: " +
+            ", ".join(f"{n} {rates['top1'][n]['all']:.3f} / {rates['blind_top1'][n]['all']:.3f}" for n in ("de", "qg", "ce")))
 
 
 def taught_rows(cfg, d, out, c, teacher):
@@ -386,9 +386,8 @@ def taught_rows(cfg, d, out, c, teacher):
     if not cfg.kd_gate or not out.exists("teachers.json"):
         log("kd", f"{teacher}: distilled in every language" + (" (no dev queries to choose on)" if cfg.kd_gate else ""))
         return None
-    r = out.read_json("teachers.json", "the teach stage's teachers.json")["dev"]
-    trusted = {x for x, v in r["top1"][teacher].items() if x != "all" and v > max(r["top1"]["de"][x], r["blind_top1"][teacher][x])}
-    log("kd", f"{teacher}: distilled in the languages {sorted(trusted)}, chosen on dev (kd_gate)")
+    trusted = d.trusted_languages(out.read_json("teachers.json", "the teach stage's teachers.json")["dev"], teacher)
+    log("kd", f"{teacher}: distilled in the languages {trusted}, chosen on dev (kd_gate)")
     return torch.tensor([d.lang(q) in trusted for q in c.qids], dtype=torch.bool)
 
 
@@ -407,9 +406,7 @@ def stage_align(cfg, d, out):
     if not out.todo("align", "qg_kd_align.pt"):
         return
     c = Candidates(**out.load("kd_cache.pt"))                                          # the training queries'
-    if not out.exists("generated.pt"):
-        written.for_alignment(cfg, d, out, c)
-    made = out.load("generated.pt")
+    made = out.load("generated.pt") if out.exists("generated.pt") else written.for_alignment(cfg, d, out, c)
     g_ids, g_mask = pad_batch([[data.Q] + toks for toks in made["tokens"]])                         # [Q, Tq]
     g_scores = g_tau = None
     if cfg.align == "kd":  # the teacher's scores of the written queries over C(q), once
@@ -418,13 +415,8 @@ def stage_align(cfg, d, out):
         g_scores = d.chunked(cfg.log_every, "align", len(c.qids), SCORE_CHUNK,
                              lambda s: d.qg_scores(qg, batch_rows(*tgt, s), c.cand[s]).float())
         g_tau = teacher_tau(cfg, c.qg, c.de)
-    keep = torch.tensor(made.get("keep", [True] * len(c.qids)))
+    aligned = (g_ids, g_mask, g_scores, g_tau, torch.tensor(made.get("keep", [True] * len(c.qids))))
     c = written.distillation_set(d, out)                                         # + the written distillation queries
-    n = c.written                                                        # rows without a q'
-    g_ids, g_mask = F.pad(g_ids, (0, 0, 0, n), value=data.Q), F.pad(g_mask, (0, 0, 0, n))
-    g_mask[len(keep):, 0] = True                                                      # [Q] alone
-    g_scores = None if g_scores is None else F.pad(g_scores, (0, 0, 0, n))
-    aligned = (g_ids, g_mask, g_scores, g_tau, F.pad(keep, (0, n), value=False))
     distil(cfg, d, out, "qg_kd_align", c, c.qg, aligned=aligned, taught=taught_rows(cfg, d, out, c, "qg"))
 
 
@@ -484,13 +476,8 @@ def main(argv=None):
         if args.encode:
             return encode_only(args.encode, ds, args.split, args.run, cfg.eval_k, makers) or 0
         cli.check_corpus(cfg, ds, args.data)
-        out = dist.outdir(args.out, makers)  # under torchrun rank 0 alone writes
-        out.claim(args.data, {k: v for k, v in dataclasses.asdict(cfg).items() if k not in cli.UNTRAINED})
-        out.tidy()
-        if out.exists("tokenizer.json"):
-            out.load_tokenizer()
-        print(ds.summary())
-        print("config: " + " ".join(f"{k}={v}" for k, v in dataclasses.asdict(cfg).items()), flush=True)
+        out = cli.run_folder(args, cfg, makers)
+        print(ds.summary() + "\nconfig: " + " ".join(f"{k}={v}" for k, v in dataclasses.asdict(cfg).items()), flush=True)
         d = stage_tokenizer(cfg, ds, out)  # always: every other stage reads the data set as it tokenises it
         try:
             cli.check_inputs(STAGES, stages, d.lacks, out)

@@ -84,7 +84,7 @@ def for_alignment(cfg, d, out, c):
     -> generated.pt {qids, lang, tokens, keep}. align_to any: any other query language; down: only a language the
     QG was trained to write with fewer training queries than the source's (the high-resource side teaches the
     low-resource one; a query without such a language gets no q'). round_trip keeps q' only where the QG ranks p+
-    first among C(q)."""
+    first among C(q). -> the dict saved."""
     ds, rng, n_train = d.ds, random.Random(cfg.seed), Counter(d.ds.lang[q] for q in d.train)
     langs = [x for x in ds.languages() if cfg.align_to == "any" or n_train[x]]
     options = [[x for x in langs if x != ds.lang[q] and (cfg.align_to == "any" or n_train[x] < n_train[ds.lang[q]])]
@@ -98,5 +98,6 @@ def for_alignment(cfg, d, out, c):
         r = d.chunked(cfg.log_every, "align", len(c.qids), SCORE_CHUNK,
                       lambda s: d.qg_scores(qg, batch_rows(*tgt, s), c.cand[s]).float())
         keep = [k and bool(x[0] > x[1:].max()) for k, x in zip(keep, r)]
-    out.save("generated.pt", {"qids": c.qids, "lang": target, "tokens": tokens, "keep": keep})
+    out.save("generated.pt", made := {"qids": c.qids, "lang": target, "tokens": tokens, "keep": keep})
     show(d, target, tokens, [f"{ds.queries[q]!r} ({ds.lang[q]})" for q in c.qids], keep, "align")
+    return made

@@ -110,3 +110,24 @@ def test_share_zero_writes_none_and_the_written_queries_change_the_student(taugh
     with_written = copy_of(taught, tmp_path / "w")
     assert train.main(["--data", micro, "--out", with_written, *MICRO, "--kd-written", "1", "--stages", "kd"]) == 0
     assert not same(students(out)["qg_kd"], students(with_written)["qg_kd"])
+
+
+def test_with_bm25_interleaves_once_each(micro, tmp_path, monkeypatch):
+    d = EncodedData.tokenized(data.load(micro), OutDir(str(tmp_path)), 300, 12, 24, "en")
+    monkeypatch.setattr(d, "bm25_ranking", lambda queries, k: torch.tensor([[2, 5, -1, -1], [-1, -1, -1, -1]]))
+    got = d.with_bm25(d.qids[:2], torch.tensor([[1, 2, 3, 4], [7, 8, 9, 6]]))
+    assert got.tolist() == [[1, 2, 5, 3], [7, 8, 9, 6]]   # d1 b1 (=d2, once) b2 d3; no BM25 match: the DE's alone
+
+
+def test_union_candidates_hold_bm25s_best(taught, micro, tmp_path):
+    """--kd-union: each training query's C(q) holds BM25's best passage that is not a positive."""
+    out = copy_of(taught, tmp_path)
+    for f in ("kd_cache.pt", "kd_written.pt", "teachers.json"):
+        os.remove(os.path.join(out, f))
+    assert train.main(["--data", micro, "--out", out, *MICRO, "--kd-union", "true", "--stages", "teach"]) == 0
+    c = torch.load(os.path.join(out, "kd_cache.pt"), weights_only=True)
+    d = EncodedData.tokenized(data.load(micro), OutDir(out), 700, 32, 48, "en")
+    ranked = d.bm25_ranking(d.query_tokens(c["qids"]), 10).tolist()
+    best = [next((p for p in row if p >= 0 and p not in d.pos[q]), None) for q, row in zip(c["qids"], ranked)]
+    assert sum(b is not None for b in best) > len(best) / 2
+    assert all(b in row for b, row in zip(best, c["cand"].tolist()) if b is not None)
