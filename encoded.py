@@ -289,9 +289,9 @@ class EncodedData:
         `others_of_same_language`)."""
         if not qids:
             return Candidates([], torch.zeros(0, 1 + k, dtype=torch.long), *(torch.zeros(0, 1 + k) for _ in range(3)))
-        readers = readers or qids
-        cand = self.kd_candidates(de, qids, k, seed, union)                                 # [Q, 1+k]
-        q, p = self.embed(de, *self.de_queries(readers)), self.embed_passages(de)         # [Q, C], [N, C]
+        readers, p = readers or qids, self.embed_passages(de, share=True)                  # [N (this rank's), C]
+        cand = self.kd_candidates(de, qids, k, seed, union, p)                              # [Q, 1+k]
+        q, p = self.embed(de, *self.de_queries(readers)), dist.gather_rows(p, len(self.P_ids))   # [Q, C], [N, C]
         log("teach", f"scoring {cand.numel()} (query, passage) pairs with both teachers")
         return Candidates(
             qids, cand, de=torch.einsum("qc,qmc->qm", q, p[cand.to(DEVICE)]).cpu(),
@@ -300,11 +300,13 @@ class EncodedData:
             ce=self.chunked(log_every, "teach", len(qids), SCORE_CHUNK,
                             lambda s: ce(*self.ce_pairs(readers[s], cand[s])).view(-1, cand.size(1)).float()))
 
-    def kd_candidates(self, de, qids, k, seed, union=False):
+    def kd_candidates(self, de, qids, k, seed, union=False, p_share=None):
         """C(q) = p+ (the query's first positive) and the DE's top k other passages: corpus rows [Q, 1+k]. union:
         the DE's and BM25's rankings taken in turn (d1, b1, d2, b2, ...; a passage once), so that where the DE
-        cannot yet read a language p+ is not the one candidate unlike the others."""
-        q, p = self.embed(de, *self.de_queries(qids)), self.embed_passages(de, share=True)  # [Q, C], [N(share), C]
+        cannot yet read a language p+ is not the one candidate unlike the others. p_share: the DE's passage
+        embeddings (embed_passages(de, share=True)) when the caller has them."""
+        q = self.embed(de, *self.de_queries(qids))                                         # [Q, C]
+        p = self.embed_passages(de, share=True) if p_share is None else p_share            # [N (this rank's), C]
         ranked = self.top_passages(q, p, k + POOL_SLACK)[1].cpu()
         ranked = self.with_bm25(qids, ranked) if union else ranked
         return torch.cat([torch.tensor([self.pos[x][0] for x in qids])[:, None],
