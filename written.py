@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 import data
+import dist
 from encoded import SCORE_CHUNK, Candidates, batch_rows
 from outdir import DEVICE, log
 from teacher import QueryGenerator
@@ -26,8 +27,10 @@ GEN_CHUNK = 64       # passages per generation call
 
 def write(d, qg, rows, langs, cfg, stage):
     """The QG's query for each passage row rows[i] in language langs[i], at most max_len_q - 2 tokens (room for the
-    marker or tag, and [EOS]) -> lists of token ids."""
-    g, tags = torch.Generator().manual_seed(cfg.seed), torch.tensor([d.tag[x] for x in langs], dtype=torch.long)
+    marker or tag, and [EOS]) -> lists of token ids. Greedy, or sampled (gen_temperature > 0) from a seeded stream;
+    under torchrun each rank writes its share of the rows from a stream of its own."""
+    g = torch.Generator().manual_seed(cfg.seed + (dist.rank() << 32))  # sampling: a stream per torchrun rank
+    tags = torch.tensor([d.tag[x] for x in langs], dtype=torch.long)
     banned = [t for t in range(data.EOS)] + sorted(t for t in d.tag.values() if t is not None)
     rows, max_len = torch.as_tensor(rows, dtype=torch.long), cfg.max_len_q - 2
 
