@@ -53,7 +53,7 @@ def fmt(xs):
 def teacher_variant(flags, root, neg, frac):
     """Claim 1's teachers on a fraction of the training queries with one kind of negatives -> their dev rates."""
     base = cli.parse_args(flags, "", train.Config, train.PRESETS, train.NAMES, train.SYNTH_SIZE)[1]
-    if neg == base.teacher_negatives and frac == 1:  # the pipeline's own teachers
+    if neg == base.teacher_negatives and frac == base.teacher_frac:  # the pipeline's own teachers
         return json.load(open(os.path.join(root, "teachers.json")))["dev"]
     sub = os.path.join(root, f"teachers_{neg}_{frac:g}")
     done = os.path.join(sub, "teachers_dev.json")

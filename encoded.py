@@ -95,6 +95,8 @@ class EncodedData:
         qids[i] in language langs[i], its tokens, its one positive passage rows[i] (a corpus row)."""
         if clash := set(qids) & set(self.qrow):
             raise ValueError(f"add_queries: query ids already in use: {sorted(clash)[:3]}")
+        if unknown := set(langs) - set(self.tag):
+            raise ValueError(f"add_queries: languages without a tag: {sorted(unknown)}")
         self.qrow.update((q, len(self.qids) + i) for i, q in enumerate(qids))
         self.qids, self.q_lang, self.Q_tokens = self.qids + list(qids), self.q_lang + list(langs), self.Q_tokens + list(tokens)
         self.Q_ids, self.Q_mask = pad_batch([[data.Q] + q for q in self.Q_tokens])
@@ -316,8 +318,8 @@ class EncodedData:
         """For each query another query of the same language (a seeded shuffle of each language's queries, each
         reading its successor's text); a language with a single query keeps it (then the check says nothing)."""
         rng, other = random.Random(seed), {}
-        for lang in sorted({self.ds.lang.get(q) for q in qids}, key=str):
-            group = [q for q in qids if self.ds.lang.get(q) == lang]
+        for lang in sorted({self.lang(q) for q in qids}, key=str):
+            group = [q for q in qids if self.lang(q) == lang]
             rng.shuffle(group)
             other.update(zip(group, group[1:] + group[:1]))
         return [other[q] for q in qids]
@@ -326,7 +328,7 @@ class EncodedData:
         """How often each scorer of c (Candidates) ranks p+ among the first k of C(q), strictly: fewer than k other
         candidates score as high or higher (a scorer that ties them all, as an untrained one may, gets no credit)
         -> {scorer: {"all" | lang: rate}}."""
-        langs = [self.ds.lang.get(q) for q in c.qids]
+        langs = [self.lang(q) for q in c.qids]
         rates = {}
         for name in ("de", "qg", "ce"):
             s = getattr(c, name)

@@ -67,7 +67,7 @@ class Config:
     negatives: int = 1           # hard negatives per query in DE training (at most pool), in [0, inf)
     pool: int = 30               # mined candidates per query that negatives are drawn from, in [1, inf)
     rank_negs: int = 7           # negatives per query for the QG ranking step and the CE (at most teacher_pool), in [1, inf)
-    teacher_pool: int = 12       # the teachers' negatives come from the top this many (= kd_k: drawn like C(q)), in [1, inf)
+    teacher_pool: int = 12       # the teachers' negatives: from the top this many (= kd_k: lists like C(q)), in [1, inf)
     teacher_negatives: str = "de"  # the teachers' negatives: the warm DE's, BM25's (claim 1), both, one of {de, bm25, union}
     teacher_frac: float = 1.0    # share of each language's training queries the teachers see (claim 1), in (0, 1]
     lambda_gen: float = 1.0      # weight of L_gen in the QG ranking loss, in [0, inf)
@@ -279,13 +279,6 @@ def stage_ce(cfg, d, out):
 
 # ----------------------------------------------------------------------------- distillation (METHOD.md 4-6)
 
-def teacher_tau(cfg, t_scores, de_scores):
-    """cfg.tau_t, or at 0 the one that makes the teacher as sharp as the warm DE on the training candidates."""
-    tau = cfg.tau_t or losses.matched_temperature(t_scores, de_scores, tau_s=cfg.tau_s)
-    log("kd", f"teacher temperature {tau:.3g}")
-    return tau
-
-
 def distil(cfg, d, out, name, c, t_scores, alpha=None, aligned=None, pivot=None, taught=None):
     """A copy of the warm DE trained on the training queries' C(q) (Candidates c) with
         L = L_ce + alpha L_kd  [+ beta L_align]  [+ gamma L_tok]
@@ -302,7 +295,8 @@ def distil(cfg, d, out, name, c, t_scores, alpha=None, aligned=None, pivot=None,
     alpha, R, n_real = cfg.alpha if alpha is None else alpha, cfg.rank_batch, len(c.qids) - c.written
     taught = torch.ones(len(c.qids), dtype=torch.bool) if taught is None else taught
     t_scores = losses.standardize(t_scores) if cfg.kd_standardize else t_scores  # one scale for every query
-    tau_t = teacher_tau(cfg, t_scores[:n_real], c.de[:n_real])
+    tau_t = cfg.tau_t or losses.matched_temperature(t_scores[:n_real], c.de[:n_real], tau_s=cfg.tau_s)  # METHOD.md 4
+    log(name, f"teacher temperature {tau_t:.3g}")
     de, M = out.new_model(DualEncoder, d.model_config(cfg), cfg.seed, "de.pt"), c.cand.size(1)
     together = dist.gather if cfg.gather_negatives else lambda x: x  # under torchrun: every rank's rows, or its own
 
@@ -322,11 +316,16 @@ def distil(cfg, d, out, name, c, t_scores, alpha=None, aligned=None, pivot=None,
         s = de.score(q, p)                                                                    # [B, B*M]
         valid = ~d.other_positives([c.qids[i] for i in b.tolist()], cand)
         valid[ar, ar * M] = True
-        real, kd = (b < n_real).to(DEVICE), taught[b].to(DEVICE)                                # [B] bool each
+        real = (b < n_real).to(DEVICE)                                         # [B] training rows, not written ones
+        valid &= real.repeat_interleave(M)[None, :]                            # L_ce: the training rows' candidates
         l_ce, acc = losses.contrastive_loss(s[real], (ar * M)[real], valid[real], cfg.tau)
-        own = s.view(B, B, M)[ar, ar]                                                         # [B, M] s(q_i, C(q_i))
-        l_kd = (losses.kd_loss(own[kd], t_scores[b].to(DEVICE)[kd], tau_s=cfg.tau_s, tau_t=tau_t) * kd.float().mean()
-                if kd.any() else own.sum() * 0)                                # mean over the batch's rows, 0 off them
+        own, t, taught_b = s.view(B, B, M)[ar, ar], t_scores[b].to(DEVICE), taught[b].to(DEVICE)  # own [B, M]
+
+        def kd_mean(rows):  # L_kd averaged over `rows` of the batch, 0 on its rows not taught
+            if not (k := rows & taught_b).any():
+                return own.sum() * 0
+            return losses.kd_loss(own[k], t[k], tau_s=cfg.tau_s, tau_t=tau_t) * (k.sum() / rows.sum())
+        l_kd = kd_mean(real) + (kd_mean(~real) if c.written else 0)          # the written rows: a term of their own
         loss, logs = l_ce + alpha * l_kd, {"ce": l_ce.item(), "kd": l_kd.item(), "acc": acc.item()}
         if aligned:  # METHOD.md 5: the student treats q and the QG-written q' (same passage, other language) alike
             g_ids, g_mask, g_scores, g_tau, g_keep = aligned
@@ -361,18 +360,19 @@ def stage_teach(cfg, d, out):
     """C(q) scored once by the warm DE and both teachers: the training queries' (kd_cache.pt), the QG's written
     distillation queries' (kd_written.pt, cfg.kd_written; empty at 0), and the dev queries' rates (teachers.json)."""
     dev = [q for q in d.ds.qrels.get("dev", {}) if d.pos[q]]
-    cache, more, rated = (out.todo("teach", f) for f in ("kd_cache.pt", "kd_written.pt", "teachers.json"))
-    if not (cache or more or (rated := rated and bool(dev))):  # all made: no model to load
+    cache, more = out.todo("teach", "kd_cache.pt"), out.todo("teach", "kd_written.pt")
+    rated = bool(dev) and out.todo("teach", "teachers.json")
+    if not (cache or more or rated):  # all made: no model to load
         return
     scorers = [out.load_model(cls, f"{n}.pt") for cls, n in ((DualEncoder, "de"), (QueryGenerator, "qg"), (CrossEncoder, "ce"))]
     if cache:
         c = d.score_candidates(*scorers, d.train, cfg.kd_k, cfg.seed, cfg.log_every, union=cfg.kd_union)
         out.save("kd_cache.pt", dataclasses.asdict(c))
     if more:  # the QG's written distillation queries (written.py), scored like the training queries
-        w = written.for_distillation(cfg, d, scorers[1])
-        written.add(d, w)
+        w = written.for_distillation(cfg, d, scorers[1])                      # now queries of d too
         c = d.score_candidates(*scorers, w["qids"], cfg.kd_k, cfg.seed, cfg.log_every, union=cfg.kd_union)
         out.save("kd_written.pt", {**w, **{f: getattr(c, f) for f in ("cand", "de", "qg", "ce")}})
+        log("teach", "written queries, own passage first in C(q): " + ", ".join(f"{n} {r['all']:.3f}" for n, r in d.top_rate(c).items()))
     if rated:
         rates = d.teacher_rates(*scorers, dev, cfg.kd_k, cfg.seed, cfg.log_every, cfg.kd_union)
         out.write_text("teachers.json", json.dumps({"dev": rates}, indent=1) + "\n")
@@ -381,8 +381,8 @@ def stage_teach(cfg, d, out):
 
 
 def taught_rows(cfg, d, out, c, teacher):
-    """kd_gate: [Q] bool, True for the rows of c in a language where `teacher` ranks p+ first among the dev queries'
-    C(q) more often than the warm DE does and than it does reading another query (teachers.json); else None (all)."""
+    """kd_gate: [Q] bool, True for the rows of c in the languages the teacher is trusted in on dev (teachers.json,
+    EncodedData.trusted_languages: no dev queries, no trust); else None (all)."""
     if not cfg.kd_gate or not out.exists("teachers.json"):
         log("kd", f"{teacher}: distilled in every language" + (" (no dev queries to choose on)" if cfg.kd_gate else ""))
         return None
@@ -414,7 +414,7 @@ def stage_align(cfg, d, out):
         tgt = d.targets(made["lang"], made["tokens"])
         g_scores = d.chunked(cfg.log_every, "align", len(c.qids), SCORE_CHUNK,
                              lambda s: d.qg_scores(qg, batch_rows(*tgt, s), c.cand[s]).float())
-        g_tau = teacher_tau(cfg, c.qg, c.de)
+        g_tau = cfg.tau_t or losses.matched_temperature(c.qg, c.de, tau_s=cfg.tau_s)
     aligned = (g_ids, g_mask, g_scores, g_tau, torch.tensor(made.get("keep", [True] * len(c.qids))))
     c = written.distillation_set(d, out)                                         # + the written distillation queries
     distil(cfg, d, out, "qg_kd_align", c, c.qg, aligned=aligned, taught=taught_rows(cfg, d, out, c, "qg"))

@@ -38,8 +38,8 @@ def write(d, qg, rows, langs, cfg, stage):
         ids, mask = qg.generate(*d.passages(rows[s]), tags[s].to(DEVICE), max_len, data.EOS, cfg.gen_temperature, 0,
                                 g, banned=banned, no_repeat=cfg.gen_no_repeat)
         return F.pad(ids.masked_fill(~mask, data.PAD), (0, max_len - ids.size(1)))
-    written = d.chunked(cfg.log_every, stage, len(rows), GEN_CHUNK, chunk)                 # [n, max_len]
-    return [[tok for tok in row if tok != data.PAD] for row in written.tolist()]
+    ids = d.chunked(cfg.log_every, stage, len(rows), GEN_CHUNK, chunk)                     # [n, max_len]
+    return [[tok for tok in row if tok != data.PAD] for row in ids.tolist()]
 
 
 def show(d, langs, tokens, sources, keep, stage):
@@ -53,7 +53,8 @@ def show(d, langs, tokens, sources, keep, stage):
 def for_distillation(cfg, d, qg):
     """New distillation queries: one for each of a cfg.kd_written share of the training passages (the training
     queries' first positives, in a seeded order), in a language the QG was trained to write, drawn with weight
-    1 / its number of training queries -> {qids, lang, tokens, rows}; a written query that came out empty is dropped."""
+    1 / its number of training queries -> {qids, lang, tokens, rows}, which become queries of d (add); a written
+    query that came out empty is dropped."""
     n_train = Counter(d.ds.lang[q] for q in d.train)
     langs, rng = sorted(n_train), random.Random(cfg.seed)
     passages = sorted({d.pos[q][0] for q in d.train})
@@ -63,12 +64,15 @@ def for_distillation(cfg, d, qg):
     tokens = write(d, qg, rows, target, cfg, "teach") if rows else []
     show(d, target, tokens, [f"passage {d.ds.pids[r]!r}" for r in rows], [bool(t) for t in tokens], "teach")
     kept = [i for i, t in enumerate(tokens) if t]
-    return {"qids": [f"written/{i}" for i in kept], "lang": [target[i] for i in kept],
-            "tokens": [tokens[i] for i in kept], "rows": [rows[i] for i in kept]}
+    w = {"qids": [f"written/{i}" for i in kept], "lang": [target[i] for i in kept],
+         "tokens": [tokens[i] for i in kept], "rows": [rows[i] for i in kept]}
+    add(d, w)
+    return w
 
 
 def add(d, w):
-    """Make the written distillation queries w (for_distillation's dict, or kd_written.pt) queries of d, once."""
+    """Make the written distillation queries w (for_distillation's dict, or kd_written.pt) queries of d, once: d is
+    shared by the stages, so from then on its query forms, positives and languages include them."""
     if w["qids"] and w["qids"][0] not in d.qrow:
         d.add_queries(w["qids"], w["lang"], w["tokens"], w["rows"])
 
@@ -94,8 +98,8 @@ def for_alignment(cfg, d, out, c):
                for q in c.qids]
     target = [rng.choice(xs) if xs else None for xs in options]
     rows, qg = [i for i, x in enumerate(target) if x], out.load_model(QueryGenerator, "qg.pt")
-    written = iter(write(d, qg, c.cand[rows, 0], [target[i] for i in rows], cfg, "align") if rows else [])
-    tokens, keep = [next(written) if x else [] for x in target], [x is not None for x in target]
+    queries = iter(write(d, qg, c.cand[rows, 0], [target[i] for i in rows], cfg, "align") if rows else [])
+    tokens, keep = [next(queries) if x else [] for x in target], [x is not None for x in target]
     if cfg.round_trip:  # the QG must rank q''s passage first among C(q) when it reads q'
         tgt = d.targets(target, tokens)
         r = d.chunked(cfg.log_every, "align", len(c.qids), SCORE_CHUNK,

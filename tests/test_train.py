@@ -138,7 +138,7 @@ def test_missing_input_small_corpus_and_bad_config_are_one_line_errors(micro, tm
 def test_a_less_regular_data_set(micro, tmp_path, capsys):
     """No dev split, several positives for some queries, a language with a single training query (and no oracle
     translation, so no DR.DECR), a query with no language outside the qrels, a passage far longer than max_len_p:
-    the pipeline runs through."""
+    the pipeline runs through, with written distillation queries and the dev gate, which has nothing to choose on."""
     root = str(tmp_path / "data")
     shutil.copytree(micro, root)
     os.remove(os.path.join(root, "qrels", "dev.tsv"))
@@ -150,10 +150,13 @@ def test_a_less_regular_data_set(micro, tmp_path, capsys):
     with open(os.path.join(root, "qrels", "train.tsv"), "a") as f:
         f.write("train-qa-0\tp1\t1\ntrain-qa-1\tp2\t2\nlone\tlong\t1\n")
     out = str(tmp_path / "out")
-    assert train.main(["--data", root, "--out", out, *MICRO]) == 0
+    assert train.main(["--data", root, "--out", out, *MICRO, "--kd-written", "0.5", "--kd-gate", "true"]) == 0
     res = json.load(open(os.path.join(out, "results.json")))
     assert res["split"] == "test" and res["dev"] == {} and list(res["systems"]) == ["bm25", *SYSTEMS, "hybrid"]
-    said = re.search(r"\[drdecr\] (\d+) of (\d+) training queries have a translation", capsys.readouterr().out)
+    assert not os.path.exists(os.path.join(out, "teachers.json"))
+    said = capsys.readouterr().out
+    assert "[kd] qg: distilled in every language (no dev queries to choose on)" in said
+    said = re.search(r"\[drdecr\] (\d+) of (\d+) training queries have a translation", said)
     assert said and int(said[1]) == int(said[2]) - 1  # all but 'lone'; DR.DECR trains on those
     assert res["hybrid"] == {"dense": "de", "weight": 0.5}  # no dev split: the first system, an even weight
 

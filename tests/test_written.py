@@ -36,26 +36,30 @@ def test_added_queries_get_every_form(micro, tmp_path):
     out = OutDir(str(tmp_path))
     d = EncodedData.tokenized(data.load(micro), out, 300, 12, 24, "en")
     before = {k: getattr(d, k).clone() for k in ("Q_ids", "Q_mask", "T_ids", "T_mask")}
-    n = len(d.qids)
-    d.add_queries(["w0", "w1"], ["qc", "qd"], [[40, 41, 42], [43]], [5, 7])
+    n, long = len(d.qids), list(range(40, 40 + before["Q_ids"].size(1) + 3))  # longer than any query so far
+    d.add_queries(["w0", "w1"], ["qc", "qd"], [[40, 41, 42], long], [5, 7])
+    assert d.qids[n:] == ["w0", "w1"] and d.query_tokens(["w1", "w0"]) == [long, [40, 41, 42]]
     assert d.qrow["w0"] == n and d.qrow["w1"] == n + 1 and d.pos["w1"] == [7] and d.lang("w0") == "qc"
-    assert d.Q_ids[n].tolist()[:4] == [data.Q, 40, 41, 42] and d.Q_mask[n].sum() == 4
-    assert d.T_ids[n + 1].tolist()[:3] == [d.tag["qd"], 43, data.EOS] and d.T_mask[n + 1].sum() == 3
-    for k, v in before.items():  # the data set's own rows are unchanged (padding may have grown)
+    assert d.Q_ids[n].tolist()[:5] == [data.Q, 40, 41, 42, data.PAD] and d.Q_mask[n].sum() == 4
+    assert d.Q_ids[n + 1].tolist() == [data.Q] + long and bool(d.Q_mask[n + 1].all())
+    assert d.T_ids[n + 1].tolist() == [d.tag["qd"]] + long + [data.EOS] and bool(d.T_mask[n + 1].all())
+    for k, v in before.items():  # the data set's own rows are unchanged, the padding grown by 4
         T = v.size(1)
-        assert torch.equal(getattr(d, k)[:n, :T], v) and not getattr(d, k)[:n, T:].any()
+        assert getattr(d, k).size(1) == T + 4 and torch.equal(getattr(d, k)[:n, :T], v) and not getattr(d, k)[:n, T:].any()
     with pytest.raises(ValueError, match="already in use"):
         d.add_queries(["w0"], ["qc"], [[40]], [5])
+    with pytest.raises(ValueError, match="without a tag"):
+        d.add_queries(["w9"], ["xx"], [[40]], [5])
 
 
 def test_written_distillation_queries(taught, micro):
     ds = data.load(micro)
     w = torch.load(os.path.join(taught, "kd_written.pt"), weights_only=True)
     n_train = Counter(ds.lang[q] for q in ds.qrels["train"])
-    train_pos = {p for q in ds.qrels["train"] for p, s in ds.qrels["train"][q].items() if s > 0}
+    first = {next(p for p, s in rel.items() if s > 0) for rel in ds.qrels["train"].values() if any(rel.values())}
     rows = [ds.pids[r] for r in w["rows"]]
-    assert len(set(rows)) == len(rows) and set(rows) <= train_pos                   # distinct training passages
-    assert len(rows) >= 0.9 * len({min(ds.qrels["train"][q]) for q in ds.qrels["train"]})  # share 1: (nearly) all
+    assert len(set(rows)) == len(rows) and set(rows) <= first        # distinct first positives of training queries
+    assert len(rows) >= 0.95 * len(first)                            # share 1: all (but any written empty)
     assert set(w["lang"]) <= set(n_train) and all(w["tokens"])                      # trained languages, not empty
     low = sum(n_train[x] < max(n_train.values()) for x in w["lang"]) / len(w["lang"])
     assert low > 0.7  # weights 1/n_train: qc and qd (8 queries) each ten times as likely as qa and qb (80)
@@ -101,15 +105,26 @@ def test_gate_that_trusts_every_language_is_no_gate(taught, micro, tmp_path):
     assert same(outs[0]["qg_kd"], outs[1]["qg_kd"]) and not same(outs[0]["qg_kd"], outs[0]["de_ft"])
 
 
-def test_share_zero_writes_none_and_the_written_queries_change_the_student(taught, micro, tmp_path):
+def test_share_zero_writes_none(taught, micro, tmp_path):
     out = copy_of(taught, tmp_path)
     os.remove(os.path.join(out, "kd_written.pt"))
-    assert train.main(["--data", micro, "--out", out, *MICRO, "--stages", "teach,kd"]) == 0
+    assert train.main(["--data", micro, "--out", out, *MICRO, "--stages", "teach"]) == 0
     w = torch.load(os.path.join(out, "kd_written.pt"), weights_only=True)
     assert w["qids"] == [] and w["cand"].shape == (0, 5)
-    with_written = copy_of(taught, tmp_path / "w")
-    assert train.main(["--data", micro, "--out", with_written, *MICRO, "--kd-written", "1", "--stages", "kd"]) == 0
-    assert not same(students(out)["qg_kd"], students(with_written)["qg_kd"])
+
+
+def test_written_rows_teach_by_their_teacher_scores_alone(taught, micro, tmp_path):
+    """The teacher's scores of the written queries, reversed: the student changes, the control (alpha = 0, whose
+    L_ce sees the training rows and their candidates only) stays bit for bit the same."""
+    runs = []
+    for flip in (False, True):
+        out = copy_of(taught, tmp_path / str(flip))
+        if flip:
+            w = torch.load(os.path.join(out, "kd_written.pt"), weights_only=True)
+            torch.save({**w, "qg": w["qg"].flip(1)}, os.path.join(out, "kd_written.pt"))
+        assert train.main(["--data", micro, "--out", out, *MICRO, "--kd-written", "1", "--stages", "kd"]) == 0
+        runs.append(students(out))
+    assert same(runs[0]["de_ft"], runs[1]["de_ft"]) and not same(runs[0]["qg_kd"], runs[1]["qg_kd"])
 
 
 def test_with_bm25_interleaves_once_each(micro, tmp_path, monkeypatch):
