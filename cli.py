@@ -214,6 +214,7 @@ def check_config(cfg, world=1):
     """The rules between train.Config's fields (each field's own range is checked by `check`, from its comment), and
     under torchrun with `world` processes, batches they can share equally."""
     for ok, problem in [(cfg.dim % cfg.n_heads == 0, "--dim must be a multiple of --n-heads"),
+                        (cfg.vocab_size == 0 or cfg.vocab_size >= 64, "--vocab-size must be 0 (sized to the data) or >= 64"),
                         (cfg.rank_negs <= cfg.teacher_pool, "--rank-negs must be at most --teacher-pool"),
                         (cfg.negatives <= cfg.pool, "--negatives must be at most --pool"),
                         (cfg.batch % world == 0 and cfg.rank_batch % world == 0,

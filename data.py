@@ -219,8 +219,14 @@ def load(root):
 
 # ----------------------------------------------------------------------------- tokenizer
 
+AUTO_VOCAB = (4, 4000, 32000)  # vocab_size 0: a quarter of the distinct words, within [4000, 32000]
+
+
 def train_tokenizer(texts, langs, vocab_size=8000):
     """A WordPiece tokenizer learnt from `texts` (an iterable of strings): SPECIALS, then one `<2xx>` tag per language.
+    vocab_size 0 sizes the vocabulary to the text (AUTO_VOCAB): a few thousand pieces serve a small synthetic world,
+    but on real text in ten languages they split names and identifiers into letters (measured on the DDTP benchmark,
+    README: 4,000 pieces gave BM25 recall@100 0.47, 16,000 gave 0.62).
 
     The normaliser (NFKC, lower case, spaces around CJK ideographs) and the pre-tokeniser (white space and punctuation)
     are mBERT's, so scripts written without spaces between words are split into characters before the subword model
@@ -235,7 +241,8 @@ def train_tokenizer(texts, langs, vocab_size=8000):
     tok.decoder = decoders.WordPiece()
     counts = Counter(w for t in texts for w, _ in tok.pre_tokenizer.pre_tokenize_str(tok.normalizer.normalize_str(t)))
     specials = SPECIALS + [lang_tag(lang) for lang in sorted(set(langs))]
-    pieces = learn_wordpieces(counts, vocab_size - len(specials))
+    share, lo, hi = AUTO_VOCAB
+    pieces = learn_wordpieces(counts, (vocab_size or min(hi, max(lo, len(counts) // share))) - len(specials))
     vocab = {t: i for i, t in enumerate(specials + [p for p in pieces if p not in specials])}
     tok.model = models.WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=10_000)
     tok.add_special_tokens(specials)

@@ -36,7 +36,7 @@ from teacher import CrossEncoder, QueryGenerator
 @dataclass
 class Config:
     # networks: the DE, the CE and the QG's encoder share one shape
-    vocab_size: int = 4000       # WordPiece vocabulary, specials and language tags included, in [64, inf)
+    vocab_size: int = 0          # WordPiece vocabulary (0: sized to the data, data.AUTO_VOCAB), in [0, inf)
     dim: int = 128               # channels, in [1, inf)
     n_layers: int = 2            # encoder blocks (DE, CE, QG encoder), in [1, inf)
     n_dec_layers: int = 2        # QG decoder blocks, in [1, inf)

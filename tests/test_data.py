@@ -1,6 +1,7 @@
 """data.py and synth.py: strict loading, every check error with its file and line, the tokenizer, the benchmark."""
 import json
 import os
+import random
 import subprocess
 import sys
 
@@ -315,3 +316,14 @@ def test_check_cli_rejects_lone_surrogate_and_repeated_judgement(tmp_path):
     r = subprocess.run([sys.executable, "data.py", "check", root], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 1 and r.stdout == ""
     assert r.stderr.splitlines() == [f"error: {root}/qrels/test.tsv:3: ('q1', 'd1') is judged twice (first at line 2)"]
+
+
+def test_vocabulary_sized_to_the_text():
+    """vocab_size 0: a quarter of the distinct words, at least 4,000 (a small text gets the fixed-size file), at most
+    32,000."""
+    small = ["the cat sat", "a dog ran far"]
+    assert data.train_tokenizer(small, ["en"], 0).to_str() == data.train_tokenizer(small, ["en"], 4000).to_str()
+    rng = random.Random(0)
+    words = {"".join(rng.choice("abcdefghij") for _ in range(7)) for _ in range(20_000)}   # ~19,990 distinct
+    tok = data.train_tokenizer([" ".join(sorted(words))], ["en"], 0)
+    assert tok.get_vocab_size() == len(words) // 4

@@ -68,6 +68,7 @@ CASES = [
     ("out of range", None, ["--out", "{new}", "--pool", "0"], "--pool 0: must be in [1, inf)"),
     ("choice", None, ["--out", "{new}", "--align", "x"], "--align 'x': choose from dist, kd, emb"),
     ("fields disagree", None, ["--out", "{new}", "--dim", "33"], "--dim must be a multiple of --n-heads"),
+    ("vocabulary too small", None, ["--out", "{new}", "--vocab-size", "5"], "--vocab-size must be 0 (sized to the data) or >= 64"),
     ("corpus too small", None, ["--out", "{new}", "--pool", "300"],
      "{data}/corpus.jsonl:0: 280 passages; --pool, --teacher-pool and --kd-k need 301"),
     ("teacher lists too long", None, ["--out", "{new}", "--rank-negs", "5"], "--rank-negs must be at most --teacher-pool"),
