@@ -97,16 +97,16 @@ class Config:
     ckpt_every: int = 100        # steps between resumable checkpoints inside a stage, in [1, inf)
 
 
-PRESETS = {  # each preset's default data set is the synthetic benchmark of the same size (data/<size>)
+PRESETS = {  # each preset's default data set is a synthetic benchmark (data/<SYNTH_SIZE>); real: meant for --data
     "micro": dict(dim=32, n_heads=2, n_layers=1, n_dec_layers=1, vocab_size=700, max_len_p=48, batch=16, rank_batch=4,
                   mlm_steps=30, denoise_steps=20, de_steps=100, qg_steps=30, rank_steps=10, ce_steps=10, kd_steps=10,
                   kd_k=4, rank_negs=3, pool=8, teacher_pool=4, eval_k=20, ckpt_every=5),
-    "tiny": {},
+    "tiny": {}, "real": dict(pooling="mean", normalize=True, tau=0.05, tau_s=0.05),  # real: a DE that learns on DDTP
     "gpu": dict(vocab_size=32000, dim=256, n_layers=4, n_dec_layers=4, batch=128, rank_batch=32, mlm_steps=20000,
-                denoise_steps=10000, de_steps=5000, qg_steps=10000, rank_steps=3000, ce_steps=6000, kd_steps=5000,
+                denoise_steps=10000, de_steps=5000, qg_steps=10000, rank_steps=10000, ce_steps=6000, kd_steps=5000,
                 max_len_p=192, kd_k=32, teacher_pool=32, ckpt_every=1000),
 }
-SYNTH_SIZE = {"micro": "micro", "tiny": "tiny", "gpu": "small"}
+SYNTH_SIZE = {"micro": "micro", "tiny": "tiny", "real": "tiny", "gpu": "small"}
 
 
 # ----------------------------------------------------------------------------- the one training loop
@@ -236,8 +236,8 @@ def stage_de(cfg, d, out):
 
 def teacher_negatives(cfg, d, out, qids):
     """The teachers' negatives: [Q, teacher_pool] from the warm DE's ranking, BM25's, or both in turn."""
-    warm = out.load_model(DualEncoder, "de.pt") if cfg.teacher_negatives != "bm25" else None
-    return d.negative_pool(qids, cfg.teacher_pool, cfg.seed, warm, union=cfg.teacher_negatives == "union")
+    warm = out.load_model(DualEncoder, "de.pt") if cfg.teacher_negatives != "bm25" else None  # None: BM25's alone
+    return d.negative_pool(qids, cfg.teacher_pool, cfg.seed, warm, cfg.teacher_negatives == "union")
 
 
 def stage_qg(cfg, d, out):
