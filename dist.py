@@ -228,9 +228,9 @@ class RankZeroOutDir(OutDir):
             super().save(name, obj)
         barrier()
 
-    def save_progress(self, name, model, opt, gen, step):
+    def save_progress(self, name, model, opt, gen, step, **extra):
         """OutDir.save_progress plus "ranks": [(CPU, CUDA random states)] of every rank, in rank order."""
-        super().save_progress(name, model, opt, gen, step, ranks=gather_objects(_rng_states()))
+        super().save_progress(name, model, opt, gen, step, ranks=gather_objects(_rng_states()), **extra)
 
     def drop(self, name):
         if is_main():
@@ -248,13 +248,13 @@ class RankZeroOutDir(OutDir):
         barrier()
 
     def resume(self, name, model, opt, gen):
-        step = super().resume(name, model, opt, gen)  # rank 0's random states
-        ranks = self.load(f"{name}.partial.pt").get("ranks") if step else None
+        step, ck = super().resume(name, model, opt, gen)  # rank 0's random states
+        ranks = ck.get("ranks")
         if ranks and len(ranks) == world():           # else saved by another number of ranks: rank 0's for all
             torch.set_rng_state(ranks[rank()][0])
             if ranks[rank()][1]:
                 torch.cuda.set_rng_state_all(ranks[rank()][1])
-        return step
+        return step, ck
 
     def finish(self, name, model, out):
         self.save_model(out, model)

@@ -21,10 +21,12 @@ import dist
 from bm25 import BM25
 from model import ModelConfig, pad_batch
 from outdir import DEVICE, Progress, autocast, log
+from teacher import QueryGenerator
 
 NO_LIMIT = 1 << 30   # a max_len that keeps every token (BM25 reads whole passages)
 EMBED_BATCH = 256    # sequences per DE forward pass when embedding
 SCORE_CHUNK = 16     # queries per teacher-scoring call (each with its 1 + K candidates)
+SELECT_DEV = 200     # dev queries a teacher in training is judged on (train.fit, cfg.teacher_select)
 POOL_SLACK = 5       # a ranking fetches this many passages beyond those it keeps: room for the positives it drops
 
 
@@ -69,6 +71,7 @@ class EncodedData:
         row = {p: i for i, p in enumerate(ds.pids)}
         self.pos = {q: [row[p] for p, s in rel.items() if s > 0] for split in ds.qrels.values() for q, rel in split.items()}
         self.train = [q for q in ds.qrels.get("train", {}) if self.pos[q]]                # queries with a positive
+        self.dev = [q for q in ds.qrels.get("dev", {}) if self.pos[q]]
         self._bm25 = None
 
     @classmethod
@@ -259,8 +262,10 @@ class EncodedData:
         """How well each scorer (warm DE, QG, CE) ranks the queries' C(q): p+ in the top 1 and top 5, reading the
         real query and reading another query of its language (a teacher that reads a prior of the candidates, not
         the query, keeps its rate there; chance is 1 / (1 + k) for the top 1)."""
-        real = self.score_candidates(de, qg, ce, qids, k, seed, log_every, union=union)
-        blind = self.score_candidates(de, qg, ce, qids, k, seed, log_every, self.others_of_same_language(qids, seed), union)
+        p = self.embed_passages(de, share=True) if qids else None     # C(q) and the corpus embedded once for both
+        real = self.score_candidates(de, qg, ce, qids, k, seed, log_every, union=union, p_share=p)
+        blind = self.score_candidates(de, qg, ce, qids, k, seed, log_every, self.others_of_same_language(qids, seed),
+                                      union, p, real.cand)
         return {"top1": self.top_rate(real), "top5": self.top_rate(real, 5), "blind_top1": self.top_rate(blind),
                 "blind_top5": self.top_rate(blind, 5)}
 
@@ -285,22 +290,48 @@ class EncodedData:
         texts += [(ds.lang[q], toks) for q, toks in zip(self.train, self.query_tokens(self.train))]
         return [(lang, toks) for lang, toks in texts if toks and lang in self.tag]
 
-    def score_candidates(self, de, qg, ce, qids, k, seed, log_every, readers=None, union=False):
+    def score_candidates(self, de, qg, ce, qids, k, seed, log_every, readers=None, union=False, p_share=None, cand=None):
         """C(q) (kd_candidates) for each query of qids, scored by the DE and both teachers reading the query
         readers[i] (default: the query itself; another query of its language for the query-blind check,
-        `others_of_same_language`)."""
+        `others_of_same_language`). p_share, cand: the DE's passage embeddings (embed_passages(de, share=True))
+        and the C(q) of these queries, when the caller has them."""
         if not qids:
             return Candidates([], torch.zeros(0, 1 + k, dtype=torch.long), *(torch.zeros(0, 1 + k) for _ in range(3)))
-        readers, p = readers or qids, self.embed_passages(de, share=True)                  # [N (this rank's), C]
-        cand = self.kd_candidates(de, qids, k, seed, union, p)                              # [Q, 1+k]
+        readers, p = readers or qids, self.embed_passages(de, share=True) if p_share is None else p_share  # [N (mine), C]
+        cand = self.kd_candidates(de, qids, k, seed, union, p) if cand is None else cand    # [Q, 1+k]
         q, p = self.embed(de, *self.de_queries(readers)), dist.gather_rows(p, len(self.P_ids))   # [Q, C], [N, C]
         log("teach", f"scoring {cand.numel()} (query, passage) pairs with both teachers")
-        return Candidates(
-            qids, cand, de=torch.einsum("qc,qmc->qm", q, p[cand.to(DEVICE)]).cpu(),
-            qg=self.chunked(log_every, "teach", len(qids), SCORE_CHUNK,
-                            lambda s: self.qg_scores(qg, self.qg_targets(readers[s]), cand[s]).float()),
-            ce=self.chunked(log_every, "teach", len(qids), SCORE_CHUNK,
-                            lambda s: ce(*self.ce_pairs(readers[s], cand[s])).view(-1, cand.size(1)).float()))
+        return Candidates(qids, cand, de=torch.einsum("qc,qmc->qm", q, p[cand.to(DEVICE)]).cpu(),
+                          qg=self.teacher_scores(qg, readers, cand, log_every, "teach"),
+                          ce=self.teacher_scores(ce, readers, cand, log_every, "teach"))
+
+    def teacher_scores(self, teacher, readers, cand, log_every, stage):
+        """A teacher's scores of the candidates cand [Q, k] (corpus rows) reading the queries `readers`: the QG's
+        r(q, p) or the CE's c(q, p) -> [Q, k] float32 on the CPU."""
+        if isinstance(teacher, QueryGenerator):
+            fn = lambda s: self.qg_scores(teacher, self.qg_targets(readers[s]), cand[s]).float()
+        else:
+            fn = lambda s: teacher(*self.ce_pairs(readers[s], cand[s])).view(-1, cand.size(1)).float()
+        return self.chunked(log_every, stage, len(readers), SCORE_CHUNK, fn)
+
+    def dev_sample(self, seed):
+        """The dev queries a teacher in training is judged on: at most SELECT_DEV, a seeded sample, in query order."""
+        return sorted(random.Random(seed).sample(self.dev, min(len(self.dev), SELECT_DEV)), key=self.qrow.get)
+
+    def dev_judge(self, de, k, seed, log_every, union, stage):
+        """judge(teacher) -> the share of the dev queries (at most SELECT_DEV, a seeded sample) whose p+ the teacher
+        alone ranks first among their C(q), strictly (top_rate), in eval mode; C(q) is built once, from the warm DE
+        `de`, as the teach stage builds it. train.fit's checkpoint choice (cfg.teacher_select); None: no dev queries."""
+        if not self.dev:
+            log(stage, "no dev queries to choose a checkpoint on: the last step is kept")
+            return None
+        qids = self.dev_sample(seed)
+        cand = self.kd_candidates(de, qids, k, seed, union)                                 # [Q, 1+k]
+
+        def judge(teacher):
+            s = self.teacher_scores(teacher.eval(), qids, cand, log_every, stage)            # [Q, 1+k]
+            return ((s[:, 1:] >= s[:, :1]).sum(1) < 1).float().mean().item()
+        return judge
 
     def kd_candidates(self, de, qids, k, seed, union=False, p_share=None):
         """C(q) = p+ (the query's first positive) and the DE's top k other passages: corpus rows [Q, 1+k]. union:

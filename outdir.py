@@ -80,6 +80,11 @@ def atomic_write(path, content):
 UNREADABLE = (OSError, EOFError, RuntimeError, pickle.UnpicklingError, ValueError, LookupError)
 
 
+def chosen(judged):
+    """The best of a stage's (step, score) judgements: the highest score, the earliest step among equals."""
+    return max(judged, key=lambda j: j[1])  # max keeps the first of equal keys
+
+
 def data_files(root):
     """The files of a data set that data.load reads, as sorted paths relative to root."""
     names = ["corpus.jsonl", "queries.jsonl", *(f"qrels/{s}.tsv" for s in data.SPLITS), "answers.jsonl",
@@ -306,9 +311,10 @@ class OutDir:
             **extra})
 
     def resume(self, name, model, opt, gen):
-        """Restore `<name>.partial.pt` into model, optimiser, generator and random states -> its step (0 if none)."""
+        """Restore `<name>.partial.pt` into model, optimiser, generator and random states -> (its step, the whole
+        partial state, with save_progress's `extra` entries): (0, {}) if none."""
         if not self.exists(f"{name}.partial.pt"):
-            return 0
+            return 0, {}
         ck = self.load(f"{name}.partial.pt")
         bad = Stop(f"{self.path(name + '.partial.pt')}: not a partial state of this stage; delete it and run again: "
                    f"{name} restarts from step 0")
@@ -323,7 +329,16 @@ class OutDir:
         torch.set_rng_state(ck["rng"])
         if ck["cuda_rng"]:
             torch.cuda.set_rng_state_all(ck["cuda_rng"])
-        return ck["step"]
+        return ck["step"], ck
+
+    def load_chosen(self, name, model, save_as, judged, best, every):
+        """fit's checkpoint choice: load the weights `best` of the chosen judgement (`chosen`) into model, and write
+        every judgement and the choice to <save_as stem>.select.json."""
+        step, score = chosen(judged)
+        log(name, f"chosen on dev: step {step} of {judged[-1][0]} (p+ first among C(q) {score:.3f})")
+        self.write_text(save_as.replace(".pt", ".select.json"), json.dumps(
+            {"every": every, "step": step, "rate": score, "judged": [list(j) for j in judged]}, indent=1) + "\n")
+        model.load_state_dict(best)
 
     def finish(self, name, model, out):
         """Save the trained model as `out`, then drop the stage's partial state."""

@@ -26,9 +26,9 @@ import cli
 import dist
 import losses
 import written
-from encoded import POOL_SLACK, SCORE_CHUNK, Candidates, EncodedData, batch_rows, pad_on_device
+from encoded import POOL_SLACK, Candidates, EncodedData, batch_rows, pad_on_device
 from model import DualEncoder, Encoder, pad_batch
-from outdir import DEVICE, Progress, Stop, autocast, log
+from outdir import DEVICE, Progress, Stop, autocast, chosen, log
 from report import encode_only, stage_eval
 from teacher import CrossEncoder, QueryGenerator
 
@@ -70,6 +70,7 @@ class Config:
     teacher_pool: int = 12       # the teachers' negatives: from the top this many (= kd_k: lists like C(q)), in [1, inf)
     teacher_negatives: str = "de"  # the teachers' negatives: the warm DE's, BM25's (claim 1), both, one of {de, bm25, union}
     teacher_frac: float = 1.0    # share of each language's training queries the teachers see (claim 1), in (0, 1]
+    teacher_select: int = 100    # every this many steps a teacher in training is judged on dev; its best kept (0: its last), in [0, inf)
     lambda_gen: float = 1.0      # weight of L_gen in the QG ranking loss, in [0, inf)
     tau_r: float = 1.0           # temperature of the QG ranking softmax, in (0, inf)
     kd_k: int = 12               # C(q) = p+ and the warm DE's top-K other passages, in [1, inf)
@@ -100,7 +101,7 @@ class Config:
 PRESETS = {  # each preset's default data set is a synthetic benchmark (data/<SYNTH_SIZE>); real: meant for --data
     "micro": dict(dim=32, n_heads=2, n_layers=1, n_dec_layers=1, vocab_size=700, max_len_p=48, batch=16, rank_batch=4,
                   mlm_steps=30, denoise_steps=20, de_steps=100, qg_steps=30, rank_steps=10, ce_steps=10, kd_steps=10,
-                  kd_k=4, rank_negs=3, pool=8, teacher_pool=4, eval_k=20, ckpt_every=5),
+                  kd_k=4, rank_negs=3, pool=8, teacher_pool=4, eval_k=20, ckpt_every=5, teacher_select=4),
     "tiny": {}, "real": dict(pooling="mean", normalize=True, tau=0.05, tau_s=0.05, mlm_steps=2000),  # measured on DDTP
     "gpu": dict(vocab_size=32000, dim=256, n_layers=4, n_dec_layers=4, batch=128, rank_batch=32, mlm_steps=20000,
                 denoise_steps=10000, de_steps=5000, qg_steps=10000, rank_steps=10000, ce_steps=6000, kd_steps=5000,
@@ -117,7 +118,7 @@ def lr_at(cfg, i, steps):
     return cfg.lr * ((i + 1) / warm if i < warm else 0.5 * (1 + math.cos(math.pi * (i - warm) / max(1, steps - warm))))
 
 
-def fit(cfg, out, name, model, steps, step, save_as, key=None):
+def fit(cfg, out, name, model, steps, step, save_as, key=None, judge=None):
     """Train `model` for `steps` calls of `step(gen) -> (loss, logs)`, then save it as `save_as`.
 
     AdamW with lr_at, gradients clipped at 1.0, a progress line every cfg.log_every seconds, and every
@@ -126,12 +127,15 @@ def fit(cfg, out, name, model, steps, step, save_as, key=None):
     (default: the name): stages with one key draw the same batches, so two students differ by their losses only.
     A loss that is not finite stops the run and drops the partial state (its weights may be NaN already). Under
     torchrun every rank draws the same batches and computes its share of each (dist.py); DDP averages the gradients.
+    judge(model) -> float (cfg.teacher_select): called in eval mode every cfg.teacher_select steps and after the
+    last; the weights it judged best (outdir.chosen) are saved instead of the last ones, which the partial state keeps.
     """
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     seed = cfg.seed * 1000 + sum(map(ord, key or name))
     gen = torch.Generator().manual_seed(seed)  # batches, the same on every rank
     torch.manual_seed(dist.dropout_seed(seed))  # dropout, a stream per rank
-    start = out.resume(name, model, opt, gen)
+    start, saved = out.resume(name, model, opt, gen)
+    judged, best = saved.get("judged", []), saved.get("best")  # judge's [(step, score)], the chosen weights so far
     if start:
         log(name, f"resuming at step {start}/{steps}")
     run = dist.ddp(model)                      # run(step, gen): step(gen), under torchrun inside DDP
@@ -151,8 +155,16 @@ def fit(cfg, out, name, model, steps, step, save_as, key=None):
             raise Stop(f"stage {name}: the loss is {value} at step {i + 1}; nothing was saved for this stage "
                        "(a lower --lr, in a new --out?)")
         progress.tick(i + 1, steps, f" loss {value:.4f}" + "".join(f" {k} {v:.3f}" for k, v in logs.items()))
+        if judge and ((i + 1) % cfg.teacher_select == 0 or i + 1 == steps):  # on dev (cfg.teacher_select)
+            judged.append((i + 1, judge(model.eval())))
+            log(name, f"step {i + 1}: p+ first among dev C(q) {judged[-1][1]:.3f}")
+            if chosen(judged) == judged[-1]:  # the best so far: its weights kept, on the CPU
+                best = {k: v.cpu().clone() for k, v in model.state_dict().items()}
+            model.train()
         if (i + 1) % cfg.ckpt_every == 0 and i + 1 < steps:
-            out.save_progress(name, model, opt, gen, i + 1)
+            out.save_progress(name, model, opt, gen, i + 1, **({"judged": judged, "best": best} if judge else {}))
+    if judge and judged:  # the chosen weights, and the judgements in <save_as>.select.json
+        out.load_chosen(name, model, save_as, judged, best, cfg.teacher_select)
     out.finish(name, model.eval(), save_as)
 
 
@@ -240,6 +252,12 @@ def teacher_negatives(cfg, d, out, qids):
     return d.negative_pool(qids, cfg.teacher_pool, cfg.seed, warm, cfg.teacher_negatives == "union")
 
 
+def dev_judge(cfg, d, out, name):
+    """fit's judge of the teacher stage `name` trains (cfg.teacher_select, EncodedData.dev_judge), or None: keep the last."""
+    if cfg.teacher_select:
+        return d.dev_judge(out.load_model(DualEncoder, "de.pt"), cfg.kd_k, cfg.seed, cfg.log_every, cfg.kd_union, name)
+
+
 def stage_qg(cfg, d, out):
     """Generation training on (q, p+) pairs in every language, then the ranking fine-tune L_qgrank."""
     qids = d.share_of_train(cfg.teacher_frac, cfg.seed)
@@ -260,7 +278,7 @@ def stage_qg(cfg, d, out):
             r = d.qg_scores(qg, d.qg_targets([qids[i] for i in b.tolist()]), cand)             # [B, 1+n]
             loss = losses.qg_rank_loss(r, -r[:, 0].mean(), tau_r=cfg.tau_r, lambda_gen=cfg.lambda_gen)
             return loss, {"acc": (r.argmax(1) == 0).float().mean().item()}
-        fit(cfg, out, "qg_rank", qg, cfg.rank_steps, step, "qg.pt")
+        fit(cfg, out, "qg_rank", qg, cfg.rank_steps, step, "qg.pt", judge=dev_judge(cfg, d, out, "qg_rank"))
 
 
 def stage_ce(cfg, d, out):
@@ -274,7 +292,7 @@ def stage_ce(cfg, d, out):
             b, cand = (dist.mine(x) for x in d.ranking_batch(gen, qids, pool, cfg.rank_batch, cfg.rank_negs))
             c = ce(*d.ce_pairs([qids[i] for i in b.tolist()], cand)).view(cand.shape)           # [B, 1+n]
             return losses.rank_loss(c), {"acc": (c.argmax(1) == 0).float().mean().item()}
-        fit(cfg, out, "ce", ce, cfg.ce_steps, step, "ce.pt")
+        fit(cfg, out, "ce", ce, cfg.ce_steps, step, "ce.pt", judge=dev_judge(cfg, d, out, "ce"))
 
 
 # ----------------------------------------------------------------------------- distillation (METHOD.md 4-6)
@@ -359,9 +377,8 @@ def distil(cfg, d, out, name, c, t_scores, alpha=None, aligned=None, pivot=None,
 def stage_teach(cfg, d, out):
     """C(q) scored once by the warm DE and both teachers: the training queries' (kd_cache.pt), the QG's written
     distillation queries' (kd_written.pt, cfg.kd_written; empty at 0), and the dev queries' rates (teachers.json)."""
-    dev = [q for q in d.ds.qrels.get("dev", {}) if d.pos[q]]
     cache, more = out.todo("teach", "kd_cache.pt"), out.todo("teach", "kd_written.pt")
-    rated = bool(dev) and out.todo("teach", "teachers.json")
+    rated = bool(d.dev) and out.todo("teach", "teachers.json")
     if not (cache or more or rated):  # all made: no model to load
         return
     scorers = [out.load_model(cls, f"{n}.pt") for cls, n in ((DualEncoder, "de"), (QueryGenerator, "qg"), (CrossEncoder, "ce"))]
@@ -369,26 +386,12 @@ def stage_teach(cfg, d, out):
         c = d.score_candidates(*scorers, d.train, cfg.kd_k, cfg.seed, cfg.log_every, union=cfg.kd_union)
         out.save("kd_cache.pt", dataclasses.asdict(c))
     if more:  # the QG's written distillation queries (written.py), scored like the training queries
-        w = written.for_distillation(cfg, d, scorers[1])                      # now queries of d too
-        c = d.score_candidates(*scorers, w["qids"], cfg.kd_k, cfg.seed, cfg.log_every, union=cfg.kd_union)
-        out.save("kd_written.pt", {**w, **{f: getattr(c, f) for f in ("cand", "de", "qg", "ce")}})
-        log("teach", "written queries, own passage first in C(q): " + ", ".join(f"{n} {r['all']:.3f}" for n, r in d.top_rate(c).items()))
+        written.for_distillation(cfg, d, out, scorers)                      # now queries of d too; kd_written.pt
     if rated:
-        rates = d.teacher_rates(*scorers, dev, cfg.kd_k, cfg.seed, cfg.log_every, cfg.kd_union)
+        rates = d.teacher_rates(*scorers, d.dev, cfg.kd_k, cfg.seed, cfg.log_every, cfg.kd_union)
         out.write_text("teachers.json", json.dumps({"dev": rates}, indent=1) + "\n")
         log("teach", f"dev: p+ first among C(q) (chance {1 / (1 + cfg.kd_k):.3f}), reading the query / another: " +
             ", ".join(f"{n} {rates['top1'][n]['all']:.3f} / {rates['blind_top1'][n]['all']:.3f}" for n in ("de", "qg", "ce")))
-
-
-def taught_rows(cfg, d, out, c, teacher):
-    """kd_gate: [Q] bool, True for the rows of c in the languages the teacher is trusted in on dev (teachers.json,
-    EncodedData.trusted_languages: no dev queries, no trust); else None (all)."""
-    if not cfg.kd_gate or not out.exists("teachers.json"):
-        log("kd", f"{teacher}: distilled in every language" + (" (no dev queries to choose on)" if cfg.kd_gate else ""))
-        return None
-    trusted = d.trusted_languages(out.read_json("teachers.json", "the teach stage's teachers.json")["dev"], teacher)
-    log("kd", f"{teacher}: distilled in the languages {trusted}, chosen on dev (kd_gate)")
-    return torch.tensor([d.lang(q) in trusted for q in c.qids], dtype=torch.bool)
 
 
 def stage_kd(cfg, d, out):
@@ -397,7 +400,7 @@ def stage_kd(cfg, d, out):
     c = written.distillation_set(d, out)
     for name, teacher, alpha in (("de_ft", "qg", 0.0), ("ce_kd", "ce", cfg.alpha), ("qg_kd", "qg", cfg.alpha)):
         if out.todo("kd", f"{name}.pt"):
-            taught = taught_rows(cfg, d, out, c, teacher) if alpha else None
+            taught = written.taught_rows(cfg, d, out, c, teacher) if alpha else None
             distil(cfg, d, out, name, c, getattr(c, teacher), alpha=alpha, taught=taught)
 
 
@@ -410,14 +413,11 @@ def stage_align(cfg, d, out):
     g_ids, g_mask = pad_batch([[data.Q] + toks for toks in made["tokens"]])                         # [Q, Tq]
     g_scores = g_tau = None
     if cfg.align == "kd":  # the teacher's scores of the written queries over C(q), once
-        qg = out.load_model(QueryGenerator, "qg.pt")
-        tgt = d.targets(made["lang"], made["tokens"])
-        g_scores = d.chunked(cfg.log_every, "align", len(c.qids), SCORE_CHUNK,
-                             lambda s: d.qg_scores(qg, batch_rows(*tgt, s), c.cand[s]).float())
+        g_scores = written.qg_reading(cfg, d, out.load_model(QueryGenerator, "qg.pt"), made["lang"], made["tokens"], c.cand)
         g_tau = cfg.tau_t or losses.matched_temperature(c.qg, c.de, tau_s=cfg.tau_s)
     aligned = (g_ids, g_mask, g_scores, g_tau, torch.tensor(made.get("keep", [True] * len(c.qids))))
     c = written.distillation_set(d, out)                                         # + the written distillation queries
-    distil(cfg, d, out, "qg_kd_align", c, c.qg, aligned=aligned, taught=taught_rows(cfg, d, out, c, "qg"))
+    distil(cfg, d, out, "qg_kd_align", c, c.qg, aligned=aligned, taught=written.taught_rows(cfg, d, out, c, "qg"))
 
 
 def stage_drdecr(cfg, d, out):

@@ -50,11 +50,13 @@ def show(d, langs, tokens, sources, keep, stage):
             f"{d.tok.decode(tokens[i])!r} <- {sources[i]}" for i in mine[:2]))
 
 
-def for_distillation(cfg, d, qg):
+def for_distillation(cfg, d, out, scorers):
     """New distillation queries: one for each of a cfg.kd_written share of the training passages (the training
     queries' first positives, in a seeded order), in a language the QG was trained to write, drawn with weight
     1 / its number of training queries -> {qids, lang, tokens, rows}, which become queries of d (add); a written
-    query that came out empty is dropped."""
+    query that came out empty is dropped. Their C(q) scored like the training queries' by `scorers` (warm DE, QG,
+    CE) join them in kd_written.pt."""
+    qg = scorers[1]
     n_train = Counter(d.ds.lang[q] for q in d.train)
     langs, rng = sorted(n_train), random.Random(cfg.seed)
     passages = sorted({d.pos[q][0] for q in d.train})
@@ -67,7 +69,9 @@ def for_distillation(cfg, d, qg):
     w = {"qids": [f"written/{i}" for i in kept], "lang": [target[i] for i in kept],
          "tokens": [tokens[i] for i in kept], "rows": [rows[i] for i in kept]}
     add(d, w)
-    return w
+    c = d.score_candidates(*scorers, w["qids"], cfg.kd_k, cfg.seed, cfg.log_every, union=cfg.kd_union)
+    out.save("kd_written.pt", {**w, **{f: getattr(c, f) for f in ("cand", "de", "qg", "ce")}})
+    log("teach", "written queries, own passage first in C(q): " + ", ".join(f"{n} {r['all']:.3f}" for n, r in d.top_rate(c).items()))
 
 
 def add(d, w):
@@ -86,6 +90,17 @@ def distillation_set(d, out):
                       written=len(w["qids"]))
 
 
+def taught_rows(cfg, d, out, c, teacher):
+    """kd_gate: [Q] bool, True for the rows of c in the languages the teacher is trusted in on dev (teachers.json,
+    EncodedData.trusted_languages: no dev queries, no trust); else None (all)."""
+    if not cfg.kd_gate or not out.exists("teachers.json"):
+        log("kd", f"{teacher}: distilled in every language" + (" (no dev queries to choose on)" if cfg.kd_gate else ""))
+        return None
+    trusted = d.trusted_languages(out.read_json("teachers.json", "the teach stage's teachers.json")["dev"], teacher)
+    log("kd", f"{teacher}: distilled in the languages {trusted}, chosen on dev (kd_gate)")
+    return torch.tensor([d.lang(q) in trusted for q in c.qids], dtype=torch.bool)
+
+
 def for_alignment(cfg, d, out, c):
     """For each training query of c (Candidates) the QG writes, once, a query q' for its positive in another language
     -> generated.pt {qids, lang, tokens, keep}. align_to any: any other query language; down: only a language the
@@ -101,10 +116,16 @@ def for_alignment(cfg, d, out, c):
     queries = iter(write(d, qg, c.cand[rows, 0], [target[i] for i in rows], cfg, "align") if rows else [])
     tokens, keep = [next(queries) if x else [] for x in target], [x is not None for x in target]
     if cfg.round_trip:  # the QG must rank q''s passage first among C(q) when it reads q'
-        tgt = d.targets(target, tokens)
-        r = d.chunked(cfg.log_every, "align", len(c.qids), SCORE_CHUNK,
-                      lambda s: d.qg_scores(qg, batch_rows(*tgt, s), c.cand[s]).float())
+        r = qg_reading(cfg, d, qg, target, tokens, c.cand)
         keep = [k and bool(x[0] > x[1:].max()) for k, x in zip(keep, r)]
     out.save("generated.pt", made := {"qids": c.qids, "lang": target, "tokens": tokens, "keep": keep})
     show(d, target, tokens, [f"{ds.queries[q]!r} ({ds.lang[q]})" for q in c.qids], keep, "align")
     return made
+
+
+def qg_reading(cfg, d, qg, langs, tokens, cand):
+    """The QG's r(q', p) over candidates cand [Q, k] (corpus rows) reading the written queries q' (lists of token ids,
+    in languages langs; an empty one reads as its tag and [EOS]) -> [Q, k] on the CPU."""
+    tgt = d.targets(langs, tokens)
+    return d.chunked(cfg.log_every, "align", len(tokens), SCORE_CHUNK,
+                     lambda s: d.qg_scores(qg, batch_rows(*tgt, s), cand[s]).float())

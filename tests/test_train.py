@@ -9,12 +9,15 @@ import pytest
 import torch
 
 import data
+import encoded
 import evaluate
-import train
-from model import DualEncoder
-from outdir import OutDir
+import outdir
 import report
+import train
+from model import DualEncoder, ModelConfig
+from outdir import OutDir
 from report import METRICS, SYSTEMS
+from teacher import CrossEncoder, QueryGenerator
 
 MICRO = ["--preset", "micro", "--log-every", "60"]  # the tests' settings are the micro preset
 
@@ -42,6 +45,10 @@ def test_every_output_exists_and_parses(full_run, micro):
     for name in SYSTEMS + ["pretrain", "qg", "ce"]:
         ck = torch.load(os.path.join(full_run, f"{name}.pt"), weights_only=True)
         assert set(ck) == {"model", "config", "cls"}
+    for name in ("qg", "ce"):  # judged every 4 steps of 10 (micro's teacher_select) and after the last
+        sel = json.load(open(os.path.join(full_run, f"{name}.select.json")))
+        assert sel["every"] == 4 and [j[0] for j in sel["judged"]] == [4, 8, 10]
+        assert [sel["step"], sel["rate"]] == list(outdir.chosen(sel["judged"]))
     assert not [f for f in os.listdir(full_run) if f.endswith((".tmp", ".partial.pt"))]
 
 
@@ -83,6 +90,89 @@ def test_interrupted_run_resumes_to_identical_results(full_run, micro, tmp_path,
     for name in ("qg", "qg_kd_align"):
         wa, wb = (torch.load(os.path.join(d, f"{name}.pt"), weights_only=True)["model"] for d in (full_run, out))
         assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_killed_teacher_resumes_to_the_same_choice(full_run, micro, tmp_path, monkeypatch):
+    """Kill the CE's training at its step 6, after its step-4 judgement and its step-5 checkpoint: the partial state
+    keeps the judgements and the best weights, and the same command again ends with the uninterrupted run's ce.pt
+    and choice."""
+    out = str(tmp_path / "out")
+    shutil.copytree(full_run, out)
+    for name in ("ce.pt", "ce.select.json"):
+        os.remove(os.path.join(out, name))
+    calls, real = {"n": 0}, CrossEncoder.forward
+
+    def dying(self, *a):  # a forward per step, two per judgement (25 dev queries, 16 a chunk): call 8 is step 6
+        calls["n"] += 1
+        if calls["n"] == 8:
+            raise KeyboardInterrupt
+        return real(self, *a)
+    monkeypatch.setattr(CrossEncoder, "forward", dying)
+    assert train.main(["--data", micro, "--out", out, "--stages", "ce", *MICRO]) == 130
+    partial = torch.load(os.path.join(out, "ce.partial.pt"), weights_only=True)
+    assert partial["step"] == 5 and [j[0] for j in partial["judged"]] == [4] and partial["best"] is not None
+    monkeypatch.setattr(CrossEncoder, "forward", real)
+    assert train.main(["--data", micro, "--out", out, "--stages", "ce", *MICRO]) == 0
+    wa, wb = (torch.load(os.path.join(d, "ce.pt"), weights_only=True)["model"] for d in (full_run, out))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    sa, sb = (json.load(open(os.path.join(d, "ce.select.json"))) for d in (full_run, out))
+    assert sa == sb
+
+
+def test_chosen_by_hand():
+    """The highest score; among equal scores the earliest step (the last step is a judgement like the others)."""
+    assert outdir.chosen([(4, 0.25), (8, 0.5), (12, 0.5), (15, 0.375)]) == (8, 0.5)
+    assert outdir.chosen([(4, 0.25), (8, 0.125), (10, 0.5)]) == (10, 0.5)
+    assert outdir.chosen([(4, 0.0), (8, 0.0)]) == (4, 0.0)
+    assert outdir.chosen([(10, 0.3)]) == (10, 0.3)
+
+
+def test_fit_saves_the_best_judged_weights(tmp_path):
+    """fit on a toy model with a judge that scores 0.2, 0.6, 0.6, 0.1 at steps 3, 6, 9, 10 (teacher_select 3 of 10,
+    and the last): the weights of step 6 are saved. With teacher_select 0 and no judge, the last step's are, and
+    they are the weights the judge saw last: judging changes no step."""
+    def run(select, judge):
+        cfg = train.Config(ckpt_every=4, teacher_select=select, log_every=60)
+        torch.manual_seed(0)
+        model = DualEncoder(ModelConfig(vocab_size=50, dim=8, n_layers=1, n_heads=2, max_len=8, dropout=0.1))
+
+        def step(gen):
+            x = torch.randint(4, 50, (4, 6), generator=gen)
+            return (model.encode(x, torch.ones_like(x, dtype=torch.bool)) - 1).pow(2).mean(), {}
+        out = OutDir.create(str(tmp_path / f"out{select}"))
+        train.fit(cfg, out, "toy", model, 10, step, "toy.pt", judge=judge)
+        return out, torch.load(out.path("toy.pt"), weights_only=True)["model"]
+    seen, scores = [], iter([0.2, 0.6, 0.6, 0.1])
+
+    def judge(m):
+        assert not m.training
+        seen.append({k: v.clone() for k, v in m.state_dict().items()})
+        return next(scores)
+    out, chosen = run(3, judge)
+    assert len(seen) == 4 and all(torch.equal(chosen[k], seen[1][k]) for k in chosen)
+    assert json.load(open(out.path("toy.select.json"))) == {"every": 3, "step": 6, "rate": 0.6,
+                                                            "judged": [[3, 0.2], [6, 0.6], [9, 0.6], [10, 0.1]]}
+    out, last = run(0, None)
+    assert not out.exists("toy.select.json") and not all(torch.equal(last[k], chosen[k]) for k in last)
+    assert all(torch.equal(last[k], seen[-1][k]) for k in last)
+
+
+def test_judge_matches_the_teach_stage_scoring(full_run, micro, monkeypatch):
+    """dev_judge's rate of a teacher = the share of the dev sample where its score_candidates score of p+ beats
+    every other candidate's, for the QG and the CE; the sample is capped at SELECT_DEV, seeded, in query order."""
+    cfg = train.cli.parse_args(["--data", micro, *MICRO], "", train.Config, train.PRESETS, train.NAMES, train.SYNTH_SIZE)[1]
+    out = OutDir(full_run)
+    d = train.stage_tokenizer(cfg, data.load(micro), out)
+    de, qg, ce = (out.load_model(cls, f"{n}.pt") for cls, n in ((DualEncoder, "de"), (QueryGenerator, "qg"), (CrossEncoder, "ce")))
+    monkeypatch.setattr(encoded, "SELECT_DEV", 10)
+    qids = d.dev_sample(cfg.seed)
+    assert len(qids) == 10 and set(qids) < set(d.dev) and qids == sorted(qids, key=d.qrow.get)
+    assert qids == d.dev_sample(cfg.seed) and qids != d.dev_sample(cfg.seed + 1)
+    judge = d.dev_judge(de, cfg.kd_k, cfg.seed, 60, False, "test")
+    c = d.score_candidates(de, qg, ce, qids, cfg.kd_k, cfg.seed, 60)
+    for teacher, s in ((qg, c.qg), (ce, c.ce)):
+        slow = sum(all(row[0] > x for x in row[1:]) for row in s.tolist()) / len(qids)
+        assert judge(teacher) == pytest.approx(slow, abs=1e-6)
 
 
 def test_stage_without_its_input_is_skipped(micro, tmp_path, capsys):
@@ -156,6 +246,9 @@ def test_a_less_regular_data_set(micro, tmp_path, capsys):
     assert not os.path.exists(os.path.join(out, "teachers.json"))
     said = capsys.readouterr().out
     assert "[kd] qg: distilled in every language (no dev queries to choose on)" in said
+    assert "[qg_rank] no dev queries to choose a checkpoint on: the last step is kept" in said
+    assert "[ce] no dev queries to choose a checkpoint on: the last step is kept" in said
+    assert not os.path.exists(os.path.join(out, "qg.select.json"))
     said = re.search(r"\[drdecr\] (\d+) of (\d+) training queries have a translation", said)
     assert said and int(said[1]) == int(said[2]) - 1  # all but 'lone'; DR.DECR trains on those
     assert res["hybrid"] == {"dense": "de", "weight": 0.5}  # no dev split: the first system, an even weight
