@@ -105,7 +105,7 @@ PRESETS = {  # each preset's default data set is a synthetic benchmark (data/<SY
     "tiny": {}, "real": dict(pooling="mean", normalize=True, tau=0.05, tau_s=0.05, mlm_steps=2000),  # measured on DDTP
     "gpu": dict(vocab_size=32000, dim=256, n_layers=4, n_dec_layers=4, batch=128, rank_batch=32, mlm_steps=20000,
                 denoise_steps=10000, de_steps=5000, qg_steps=10000, rank_steps=10000, ce_steps=6000, kd_steps=5000,
-                max_len_p=192, kd_k=32, teacher_pool=32, ckpt_every=1000),
+                max_len_p=192, kd_k=32, teacher_pool=32, ckpt_every=1000, teacher_select=1000),
 }
 SYNTH_SIZE = {"micro": "micro", "tiny": "tiny", "real": "tiny", "gpu": "small"}
 
