@@ -50,6 +50,10 @@ system reads; the task is to find that passage, not to learn the value; statemen
 a real pre-training corpus holds about the facts a benchmark asks (Wikipedia in every language); and leaving
 held-out facts out would itself mark which facts are asked.
 
+Beside each `unlabelled/<lang>.txt`, `<lang>.pids` names, line by line, the passage that states the fact the line
+states or asks: the truth against which mine.py measures the precision of the pseudo-pairs it mines (data.load
+does not read it).
+
 Language codes `qa`..`qe` come from the ISO 639 range reserved for private use, so they never collide with a real
 language; the pivot is `en`.
 """
