@@ -1,4 +1,4 @@
-"""Pseudo-pairs mined from unlabelled target-language text where BM25 and the dual-encoder agree (METHOD.md 7).
+"""Pseudo-pairs mined from unlabelled target-language text where BM25 and the dual-encoder agree (METHOD.md, choices).
 
     python mine.py --run out/tiny --data data/tiny --out data/tiny-mined       # mine, write a new data set
     python train.py --data data/tiny-mined --out out/tiny-mined               # train on it like on any data set
@@ -201,7 +201,8 @@ def write(src, dst, rows, summary):
             atomic_write(path, old + ("" if not old or old.endswith("\n") else "\n") + "".join(lines))
         append("queries.jsonl", "", [json.dumps({"_id": q, "text": t, "lang": x}, ensure_ascii=False) + "\n"
                                      for q, t, x, _ in rows])
-        append(os.path.join("qrels", "train.tsv"), "\t".join(data.HEADER) + "\n", [f"{q}\t{p}\t1\n" for q, *_, p in rows])
+        append(os.path.join("qrels", "train.tsv"), "\t".join(data.HEADER) + "\n",
+               [f"{q}\t{p}\t1\n" for q, *_, p in rows])
         atomic_write(os.path.join(tmp, "mined.json"), json.dumps(summary, indent=1, ensure_ascii=False) + "\n")
         data.load(tmp)  # the new data set must load as any other does
         os.rename(tmp, dst)

@@ -77,7 +77,7 @@ def test_the_new_data_set_is_the_old_plus_the_mined_rows(micro, mined):
     texts = {mine.norm(t) for t in old.queries.values()}
     for lang, r in report["languages"].items():
         mine_lang = [q for q in added if new.lang[q] == lang]
-        assert [q for q in mine_lang] == [f"mined-{lang}-{n}" for n in range(r["kept"])]
+        assert mine_lang == [f"mined-{lang}-{n}" for n in range(r["kept"])]
         assert r["kept"] == r["agreed"] and r["tried"] + sum(r["skipped"].values()) == r["sentences"]
         lines = old.unlabelled[lang]
         pids = [x.strip() for x in open(os.path.join(micro, "unlabelled", f"{lang}.pids"))]

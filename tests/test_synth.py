@@ -209,8 +209,8 @@ def test_each_pivot_unlabelled_line_comes_from_its_recorded_passage(bench):
     lines = unlabelled_lines(out)[synth.PIVOT]
     with open(os.path.join(out, "unlabelled", f"{synth.PIVOT}.pids"), encoding="utf-8") as f:
         pids = f.read().split()
-    assert len(pids) == len(lines) and {lang: len(open(os.path.join(out, "unlabelled", f"{lang}.pids")).read().split())
-                                        for lang in LANGS} == {lang: len(x) for lang, x in unlabelled_lines(out).items()}
+    counts = {lang: len(open(os.path.join(out, "unlabelled", f"{lang}.pids")).read().split()) for lang in LANGS}
+    assert len(pids) == len(lines) and counts == {lang: len(x) for lang, x in unlabelled_lines(out).items()}
     years = 0
     for line, pid in zip(lines, pids):
         assert corpus[pid]["title"] in line, (line, pid)
