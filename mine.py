@@ -74,6 +74,18 @@ def sentences(lines, taken, min_words, words):
     return keep, skipped
 
 
+def rankings(d, de, p, texts, max_len_q, k, log_every):
+    """The top k corpus rows of each text read as a query, by the DE (p: its passage embeddings [N, C]) and by
+    BM25 (-1 where a passage shares no token): [S, k] twice. Both read the query's first max_len_q - 2 tokens."""
+    if not texts:
+        return torch.zeros(0, k, dtype=torch.long), torch.zeros(0, k, dtype=torch.long)
+    toks = data.encode(d.tok, texts, max_len_q - 2)
+    ids, mask = pad_batch([[data.Q] + t for t in toks])                                       # [S, Tq]
+    de_top = d.chunked(log_every, "mine", len(texts), EMBED_BATCH,
+                       lambda s: d.top_passages(d.embed(de, ids[s], mask[s]), p, k)[1])          # [S, k]
+    return de_top, d.bm25_ranking(toks, k)
+
+
 def truth(root, lang, n):
     """unlabelled/<lang>.pids: the passage id each unlabelled line comes from (aligned with the non-blank lines of
     <lang>.txt), or None where the data set does not say."""
@@ -140,6 +152,7 @@ def mine(args):
                    + ("" if args.zero_shot else " with training queries (--zero-shot: any)"))
     if clash := [q for q in ds.queries if q.startswith("mined-")]:
         raise Stop(f"{args.data}/queries.jsonl: query id {clash[0]!r} is taken (mined ids are mined-<lang>-<n>)")
+    truths = {lang: truth(args.data, lang, len(ds.unlabelled[lang])) for lang in langs}  # None: not known
     d = EncodedData(ds, tok, made["max_len_q"], made["max_len_p"], made["pivot"])
     log("mine", f"{args.model}: embedding {len(ds.pids)} passages")
     p = d.chunked(args.log_every, "mine", len(ds.pids), EMBED_BATCH,
@@ -150,26 +163,22 @@ def mine(args):
     for lang in langs:
         lines = ds.unlabelled[lang]
         keep, skipped = sentences(lines, taken, args.min_words, count)
-        toks = data.encode(tok, [lines[i] for i in keep], made["max_len_q"] - 2)
-        ids, mask = pad_batch([[data.Q] + t for t in toks]) if keep else (None, None)                # [S, Tq]
-        k = min(args.agree_k, len(ds.pids))
         log("mine", f"{lang}: {len(keep)} of {len(lines)} sentences, DE and BM25")
-        de_top = d.chunked(args.log_every, "mine", len(keep), EMBED_BATCH, lambda s: d.top_passages(
-            d.embed(de, ids[s], mask[s]), p, k)[1]) if keep else torch.zeros(0, k, dtype=torch.long)
-        bm_top = d.bm25_ranking(toks, k) if keep else torch.zeros(0, k, dtype=torch.long)         # [S, k]
-        pick = agree(de_top, bm_top, k).tolist()
-        agreed = [(i, r) for i, r in zip(keep, pick) if r >= 0]
+        k = min(args.agree_k, len(ds.pids))
+        de_top, bm_top = rankings(d, de, p, [lines[i] for i in keep], made["max_len_q"], k, args.log_every)
+        agreed = [(i, r) for i, r in zip(keep, agree(de_top, bm_top, k).tolist()) if r >= 0]
         kept = agreed[:args.per_lang]
         rows += [(f"mined-{lang}-{n}", lines[i], lang, ds.pids[r]) for n, (i, r) in enumerate(kept)]
-        report[lang] = {"sentences": len(lines), "skipped": skipped, "tried": len(keep), "agreed": len(agreed),
-                        "kept": len(kept), "kept_share": round(len(kept) / max(1, len(keep)), 4)}
-        if (true := truth(args.data, lang, len(lines))) is not None:
+        got = report[lang] = {"sentences": len(lines), "skipped": skipped, "tried": len(keep), "agreed": len(agreed),
+                              "kept": len(kept), "kept_share": round(len(kept) / max(1, len(keep)), 4)}
+        if (true := truths[lang]) is not None:  # the share of (line, corpus row) pairs that are right
             right = lambda pairs: round(sum(r >= 0 and true[i] == ds.pids[r] for i, r in pairs)  # noqa: E731
-                                        / len(pairs), 4) if pairs else None  # the share of (line, row) pairs right
-            report[lang]["truth"] = {"precision": right(kept), "de_top1": right(list(zip(keep, de_top[:, 0].tolist()))),
-                                     "bm25_top1": right(list(zip(keep, bm_top[:, 0].tolist())))}
-        log("mine", f"{lang}: kept {len(kept)} of {len(keep)}" + (f", precision {report[lang]['truth']['precision']}"
-                                                                    if "truth" in report[lang] else ""))
+                                        / len(pairs), 4) if pairs else None
+            got["truth"] = {"precision": right(kept), "de_top1": right(list(zip(keep, de_top[:, 0].tolist()))),
+                            "bm25_top1": right(list(zip(keep, bm_top[:, 0].tolist())))}
+        log("mine", f"{lang}: kept {len(kept)} of {len(keep)}"
+            + (f", precision {got['truth']['precision']} (DE alone {got['truth']['de_top1']}, BM25 alone "
+               f"{got['truth']['bm25_top1']})" if "truth" in got else ""))
     summary = {"run": args.run, "model": args.model, "data": args.data, "agree_k": args.agree_k,
                "min_words": args.min_words, "per_lang": args.per_lang, "zero_shot": args.zero_shot,
                "languages": report, "kept": len(rows)}
