@@ -50,6 +50,10 @@ system reads; the task is to find that passage, not to learn the value; statemen
 a real pre-training corpus holds about the facts a benchmark asks (Wikipedia in every language); and leaving
 held-out facts out would itself mark which facts are asked.
 
+Beside each `unlabelled/<lang>.txt`, `<lang>.pids` names, line by line, the passage that states the fact the line
+states or asks: the truth against which mine.py measures the precision of the pseudo-pairs it mines (data.load
+does not read it).
+
 Language codes `qa`..`qe` come from the ISO 639 range reserved for private use, so they never collide with a real
 language; the pivot is `en`.
 """
@@ -354,29 +358,33 @@ def generate(out, size="tiny", seed=0):
         _write(os.path.join(out, "qrels", f"{split}.tsv"),
                "query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{p}\t1\n" for q, p in rows))
     for code, lines in unlabelled.items():
-        _write(os.path.join(out, "unlabelled", f"{code}.txt"), "".join(line + "\n" for line in lines))
+        _write(os.path.join(out, "unlabelled", f"{code}.txt"), "".join(line + "\n" for _, line in lines))
+        _write(os.path.join(out, "unlabelled", f"{code}.pids"), "".join(stated_in[f] + "\n" for f, _ in lines))
     stats = describe(corpus, queries, qrels, unlabelled, seed, size)
     _write(os.path.join(out, "stats.json"), json.dumps(stats, indent=1, ensure_ascii=False) + "\n")
     return stats
 
 
 def unlabelled_text(world, renderers, held_out, held_out_texts, n, rng):
-    """-> {language: n sentences}: statements of random facts; in the query languages 30 % questions, about facts
-    not in `held_out`. A line containing one of `held_out_texts` (any language's) is drawn again."""
+    """-> {language: n (fact, sentence)}: statements of random facts; in the query languages 30 % questions, about
+    facts not in `held_out`. A line containing one of `held_out_texts` (any language's) is drawn again."""
     facts = list(world.facts)
     askable = [f for f in facts if f not in held_out]
-    draw = {PIVOT: lambda: world.statement(*rng.choice(facts))}
-    for code, rend in renderers.items():
-        draw[code] = lambda rend=rend: rend.render(world.statement(*rng.choice(facts)) if rng.random() < 0.7
-                                                   else world.question(*rng.choice(askable)), rng)
+
+    def draw_in(rend):  # the random draws in the order the files were first written with (same seed, same text)
+        stated = rend is None or rng.random() < 0.7
+        fact = rng.choice(facts if stated else askable)
+        text = world.statement(*fact) if stated else world.question(*fact)
+        return fact, text if rend is None else rend.render(text, rng)
+    draw = {PIVOT: lambda: draw_in(None), **{code: lambda rend=rend: draw_in(rend) for code, rend in renderers.items()}}
     out = {code: [d() for _ in range(n)] for code, d in draw.items()}
     while True:  # one search per held-out query over all the text; a hit is rare, so this loop ends at once
-        text = "\n".join(line for lines in out.values() for line in lines)
+        text = "\n".join(line for lines in out.values() for _, line in lines)
         hits = [q for q in held_out_texts if q in text]
         if not hits:
             return out
         for code, lines in out.items():
-            out[code] = [draw[code]() if any(q in line for q in hits) else line for line in lines]
+            out[code] = [draw[code]() if any(q in line for q in hits) else (f, line) for f, line in lines]
 
 
 def describe(corpus, queries, qrels, unlabelled, seed, size):

@@ -196,5 +196,25 @@ def test_deterministic_across_processes(bench, tmp_path):
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=dict(os.environ, PYTHONHASHSEED="123"),
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    for name in ["corpus.jsonl", "queries.jsonl", "stats.json"] + [f"unlabelled/{lang}.txt" for lang in LANGS]:
+    for name in ["corpus.jsonl", "queries.jsonl", "stats.json"] + [f"unlabelled/{lang}.{ext}" for lang in LANGS
+                                                                    for ext in ("txt", "pids")]:
         assert open(os.path.join(out, name), "rb").read() == open(tmp_path / name, "rb").read(), name
+
+
+def test_each_pivot_unlabelled_line_comes_from_its_recorded_passage(bench):
+    """unlabelled/<lang>.pids names the passage that states the fact each line states or asks (mine.py's precision):
+    a pivot line names that passage's entity (its title) and, where it states a year, the passage states that year."""
+    out, _ = bench
+    corpus = read_jsonl(out, "corpus.jsonl")
+    lines = unlabelled_lines(out)[synth.PIVOT]
+    with open(os.path.join(out, "unlabelled", f"{synth.PIVOT}.pids"), encoding="utf-8") as f:
+        pids = f.read().split()
+    counts = {lang: len(open(os.path.join(out, "unlabelled", f"{lang}.pids")).read().split()) for lang in LANGS}
+    assert len(pids) == len(lines) and counts == {lang: len(x) for lang, x in unlabelled_lines(out).items()}
+    years = 0
+    for line, pid in zip(lines, pids):
+        assert corpus[pid]["title"] in line, (line, pid)
+        for year in [w for w in line.split() if w.isdigit() and len(w) == 4]:
+            assert year in corpus[pid]["text"].split(), (line, pid)
+            years += 1
+    assert years > len(lines) / 10  # the year check did run
