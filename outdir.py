@@ -337,7 +337,8 @@ class OutDir:
         step, score = chosen(judged)
         log(name, f"chosen on dev: step {step} of {judged[-1][0]} (p+ first among C(q) {score:.3f})")
         self.write_text(save_as.replace(".pt", ".select.json"), json.dumps(
-            {"every": every, "step": step, "rate": score, "judged": [list(j) for j in judged]}, indent=1) + "\n")
+            {"every": every, "step": step, "rate": round(score, 4), "judged": [[s, round(r, 4)] for s, r in judged]},
+            indent=1) + "\n")
         model.load_state_dict(best)
 
     def finish(self, name, model, out):

@@ -70,7 +70,7 @@ class Config:
     teacher_pool: int = 12       # the teachers' negatives: from the top this many (= kd_k: lists like C(q)), in [1, inf)
     teacher_negatives: str = "de"  # the teachers' negatives: the warm DE's, BM25's (claim 1), both, one of {de, bm25, union}
     teacher_frac: float = 1.0    # share of each language's training queries the teachers see (claim 1), in (0, 1]
-    teacher_select: int = 100    # every this many steps a teacher in training is judged on dev; its best kept (0: its last), in [0, inf)
+    teacher_select: int = 0      # every this many steps a teacher in training is judged on dev; its best kept (0: its last), in [0, inf)
     lambda_gen: float = 1.0      # weight of L_gen in the QG ranking loss, in [0, inf)
     tau_r: float = 1.0           # temperature of the QG ranking softmax, in (0, inf)
     kd_k: int = 12               # C(q) = p+ and the warm DE's top-K other passages, in [1, inf)
@@ -105,7 +105,7 @@ PRESETS = {  # each preset's default data set is a synthetic benchmark (data/<SY
     "tiny": {}, "real": dict(pooling="mean", normalize=True, tau=0.05, tau_s=0.05, mlm_steps=2000),  # measured on DDTP
     "gpu": dict(vocab_size=32000, dim=256, n_layers=4, n_dec_layers=4, batch=128, rank_batch=32, mlm_steps=20000,
                 denoise_steps=10000, de_steps=5000, qg_steps=10000, rank_steps=10000, ce_steps=6000, kd_steps=5000,
-                max_len_p=192, kd_k=32, teacher_pool=32, ckpt_every=1000, teacher_select=1000),
+                max_len_p=192, kd_k=32, teacher_pool=32, ckpt_every=1000),
 }
 SYNTH_SIZE = {"micro": "micro", "tiny": "tiny", "real": "tiny", "gpu": "small"}
 
