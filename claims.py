@@ -158,7 +158,8 @@ def claims(args, seeds, fracs, extra, t0):
              + ", ".join(f"{x} {n_train[x]}" for x in langs) + ".", ""]
     lines += ["## Every system, mean ± sd over seeds (test)", "",
               "| system | metric | all | " + " | ".join(f"{x} ({n_train[x]})" for x in langs) + " |", "|---" * (3 + len(langs)) + "|"]
-    for name in ["bm25", *SYSTEMS]:
+    hybrid = ["hybrid"] if all("hybrid" in results[s]["systems"] for s in seeds) else []  # BM25 + the best on dev
+    for name in ["bm25", *SYSTEMS, *hybrid]:
         for m in METRICS:
             rows = [results[s]["systems"][name] for s in seeds]
             vals = lambda g: [(r["all"] if g == "all" else r["per_lang"][g])[m] for r in rows]  # noqa: E731
