@@ -113,7 +113,7 @@ def parse(argv):
     args = ap.parse_args(argv)
     for flag, lo in (("per_lang", 1), ("agree_k", 1), ("min_words", 1), ("threads", 1), ("log_every", 0)):
         if getattr(args, flag) is not None and not lo <= getattr(args, flag) < cli.INT_LIMIT:
-            raise cli.FlagError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: must be in [{lo}, inf)")
+            raise cli.FlagError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: must be in [{lo}, {cli.INT_LIMIT})")
     return args
 
 
@@ -140,6 +140,8 @@ def mine(args):
         raise Stop(f"{args.out}: exists (--out names a new data set)")
     if not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
         raise Stop(f"{args.out}: no folder {os.path.dirname(os.path.abspath(args.out))} (--out)")
+    if os.path.commonpath([os.path.abspath(args.out), os.path.abspath(args.data)]) == os.path.abspath(args.data):
+        raise Stop(f"{args.out}: inside the data set {args.data} (--out names a new data set beside it)")
     de, tok, made, run = load_run(args)
     ds = data.load(args.data)
     if why := difference({"settings": {}, "data": run.read_json("config.json", "JSON").get("data", {})},

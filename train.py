@@ -127,9 +127,8 @@ def fit(cfg, out, name, model, steps, step, save_as, key=None, judge=None):
     (default: the name): stages with one key draw the same batches, so two students differ by their losses only.
     A loss that is not finite stops the run and drops the partial state (its weights may be NaN already). Under
     torchrun every rank draws the same batches and computes its share of each (dist.py); DDP averages the gradients.
-    judge(model) -> float (cfg.teacher_select): called in eval mode every cfg.teacher_select steps and after the
-    last; the weights it judged best (outdir.chosen) are saved instead of the last ones, which the partial state keeps.
-    """
+    judge(model) -> float: called in eval mode every cfg.teacher_select steps and after the last; the weights it
+    judged best (outdir.chosen) are saved, not the last (the partial state keeps the judgements and best weights)."""
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     seed = cfg.seed * 1000 + sum(map(ord, key or name))
     gen = torch.Generator().manual_seed(seed)  # batches, the same on every rank

@@ -140,7 +140,7 @@ def test_errors_are_one_line_and_write_nothing(run, micro, tmp_path, capsys):
         (["--run", run, "--data", micro, "--model", "qg.pt"], f"error: {os.path.join(run, 'qg.pt')}: not found"),
         (["--run", run, "--data", str(tmp_path / "nodata")], f"error: {tmp_path / 'nodata'}:0: not a directory"),
         (["--run", run, "--data", bad_pids], f"error: {os.path.join(bad_pids, 'unlabelled', 'qa.pids')}:0: 201 lines"),
-        (["--run", run, "--data", micro, "--per-lang", "0"], "error: --per-lang 0: must be in [1, inf)"),
+        (["--run", run, "--data", micro, "--per-lang", "0"], "error: --per-lang 0: must be in [1, 2147483648)"),
         (["--run", run, "--data", micro, "--agree-k", "x"], "error: argument --agree-k: invalid int value: 'x'"),
         (["--run", run, "--data", micro, "--bogus"], "error: unrecognized arguments: --bogus"),
     ]
@@ -150,4 +150,7 @@ def test_errors_are_one_line_and_write_nothing(run, micro, tmp_path, capsys):
         assert err.startswith(start) and err.count("\n") == 1, (argv, err)
     assert mine.main(["--run", run, "--data", micro, "--out", str(tmp_path / "exists")]) == 1
     assert capsys.readouterr().err == f"error: {tmp_path / 'exists'}: exists (--out names a new data set)\n"
+    inside = os.path.join(micro, "mined")  # the walk over --data would copy the temp folder into itself
+    assert mine.main(["--run", run, "--data", micro, "--out", inside]) == 1 and not os.path.exists(inside)
+    assert capsys.readouterr().err.startswith(f"error: {inside}: inside the data set {micro}")
     assert sorted(os.listdir(tmp_path)) == ["bad_pids", "exists", "no_de"]  # no --out, no temp folder
