@@ -41,7 +41,7 @@ import cli
 import data
 from encoded import EMBED_BATCH, EncodedData
 from model import DualEncoder, pad_batch
-from outdir import DEVICE, OutDir, Stop, atomic_write, difference, fingerprint, log
+from outdir import OutDir, Stop, atomic_write, difference, fingerprint, log
 
 
 def agree(de_top, bm25_top, k=1):
@@ -157,8 +157,7 @@ def mine(args):
     truths = {lang: truth(args.data, lang, len(ds.unlabelled[lang])) for lang in langs}  # None: not known
     d = EncodedData(ds, tok, made["max_len_q"], made["max_len_p"], made["pivot"])
     log("mine", f"{args.model}: embedding {len(ds.pids)} passages")
-    p = d.chunked(args.log_every, "mine", len(ds.pids), EMBED_BATCH,
-                  lambda s: d.embed(de, d.P_ids[s], d.P_mask[s])).to(DEVICE)                      # [N, C]
+    p = d.embed_passages(de)                                                                  # [N, C]
     count = lambda t: sum(any(c.isalnum() for c in w) for w, _ in tok.pre_tokenizer.pre_tokenize_str(  # noqa: E731
         tok.normalizer.normalize_str(t)))
     taken, report, rows = {norm(t) for t in ds.queries.values()}, {}, []
