@@ -12,27 +12,27 @@ inner product (pair_scores), so results do not depend on block sizes, thread cou
 the device. (A float32 matmul's last bits do: MKL picks its kernel by shape, e.g. for d = 1024 on 2 threads.)
 
 Dense search (topk_threshold) walks the passages block by block, never holding a Q x N score matrix:
-- a first pass, one float32 or bfloat16 matmul per block into a reused buffer, finds candidates: each query's
-  running k-th best is a threshold, maxima over groups of G passages are compared with it, and only the groups
-  that reach it are read again. A proven bound on the first pass's error (_error_bound, _threshold) keeps every
-  passage that can still be in the top k;
-- pair_scores scores the kept pairs exactly (float64 sums of exact products, checked against the rounding
-  boundaries), and the top k is taken from them.
+- a first pass, one float32 or bfloat16 matmul per block into a reused buffer, goes over the passages twice: once
+  for maxima over super-groups of passages, whose k-th largest bounds each query's k-th best score from below,
+  and once to keep, through maxima over groups of G passages, every passage that can still reach that bound
+  given a proven bound on the first pass's error (_error_bound, _threshold);
+- the kept pairs are scored exactly (_row_scores: float64 sums of exact products, checked against the rounding
+  boundaries), the k best by first-pass score first, then the rest that can still reach them, and the top k is
+  taken from them (_exact_top).
 bfloat16 halves the matmul or better on CPUs with AVX512_BF16 or AMX and on GPUs; exact_topk uses it there
 (precision='auto'; bench.py search compares with faiss IndexFlatIP). tests/test_search.py checks every path against
-a brute-force stable sort of exact scores. (Encoding with a saved dual-encoder
-lives in train.py: this file does not import the model.)
+a brute-force stable sort of exact scores. (Encoding with a saved dual-encoder lives in train.py: this file does
+not import the model.)
 
-Shapes: Q queries, N passages, d dims, k results per query, B passages per block, G passages per group.
+Shapes: Q queries, N passages, d dims, k results per query, B passages per block, G passages per group,
+H super-groups.
 """
 import argparse
 import math
 import os
 import sys
 import time
-from contextlib import contextmanager
 from fractions import Fraction
-from itertools import chain
 
 import numpy as np
 import torch
@@ -97,9 +97,11 @@ def _f32_nearest(a, b):
     return float(min(near, key=lambda c: (abs(Fraction(float(c)) - x), int(np.array(c).view(np.int32)) & 1)))
 
 
-def pair_scores(q, p, qi, pi, chunk=1 << 20):
-    """Correctly rounded inner products: q [Q, d], p [N, d] float32, qi, pi [P] rows -> [P] float32, the float32
-    nearest the exact real q[qi] . p[pi] (ties to even). Every path of this module returns these scores.
+def _row_scores(qa, p, ids, pn=None, chunk=1 << 20):
+    """Correctly rounded inner products, a row of passages per query: qa [R, d] and p [N, d] float32, ids [R, C] rows
+    of p -> [R, C] float32, the float32 nearest the exact real qa[r] . p[ids[r, c]] (ties to even). pn [N]: bounds of
+    the passages' norms (_norm_bound(p)); None: computed from the rows gathered. Every path of this module returns
+    these scores.
 
     Why exact: a product of two float32 is exact in float64 (24 + 24 significant bits <= 53), so a float64 sum s64 of
     the d products, in whatever order the kernel adds them, is within gamma_{d-1} sum |q_i p_i| of the exact sum,
@@ -108,38 +110,53 @@ def pair_scores(q, p, qi, pi, chunk=1 << 20):
     midpoint between r and its float32 neighbours lies within g of s64, the exact sum rounds to r as well. Pairs
     where one does under the |q| |p| bound are checked again with sum |q_i p_i| (0 for orthogonal supports), and the
     few left (exact half-way cases; about d / 2^29 of random pairs) are summed exactly (_f32_nearest).
-    Pairs are grouped by query: one batched float64 matrix-vector product per chunk of queries. Assumes denormals are
-    not flushed to zero (torch.set_flush_denormal(False), the default).
+    One batched float64 matrix-vector product per chunk of rows. Assumes denormals are not flushed to zero
+    (torch.set_flush_denormal(False), the default).
     """
-    out = torch.empty(len(qi), device=q.device)
-    if not len(qi):
-        return out
-    d = q.shape[1]
-    order = torch.argsort(qi, stable=True)                                   # pairs grouped by query
-    qs, ps = qi[order], pi[order]
-    counts = torch.bincount(qs, minlength=len(q))
-    rows = counts.nonzero().flatten()                                        # queries with pairs   [R]
-    c = counts[rows]
-    start = c.cumsum(0) - c                                                  # their first pair in qs, ps
-    step = max(1, chunk // (int(c.max()) * max(1, d)))
-    for a in range(0, len(rows), step):
-        r, cr = rows[a:a + step], c[a:a + step]
-        col = torch.arange(int(cr.max()), device=q.device)
-        pos = start[a:a + step, None] + torch.minimum(col, cr[:, None] - 1)  # [R, C], short rows repeat a pair
-        x = p.index_select(0, ps[pos].flatten()).view(*pos.shape, d)         # [R, C, d]
-        y = q[r].double()                                                    # [R, d]
-        s = torch.bmm(x.double(), y[:, :, None])[:, :, 0]                    # [R, C] float64 sums
+    R, C = ids.shape
+    d = p.shape[1]
+    out = torch.empty(R, C, device=p.device)
+    qn = _norm_bound(qa)
+    step = max(1, chunk // max(1, C * d))
+    for a in range(0, R, step):
+        i = ids[a:a + step]                                                  # [r, C]
+        x = p.index_select(0, i.flatten()).view(*i.shape, d)                 # [r, C, d]
+        y = qa[a:a + step].double()                                          # [r, d]
+        s = torch.bmm(x.double(), y[:, :, None])[:, :, 0]                    # [r, C] float64 sums
         f = s.float()
         lo = (f.double() + torch.nextafter(f, torch.full_like(f, -math.inf)).double()) / 2  # exact in float64
         hi = (f.double() + torch.nextafter(f, torch.full_like(f, math.inf)).double()) / 2
-        g = _norm_bound(x.flatten(0, 1)).view(pos.shape) * _norm_bound(q[r])[:, None] * (2 * d * 2.0 ** -53)
-        i, j = ((s - g <= lo) | (s + g >= hi)).nonzero(as_tuple=True)
-        if len(i):  # again with sum |q_i p_i|, then exactly
-            g = (x[i, j].double().abs() * y[i].abs()).sum(1) * (2 * d * 2.0 ** -53 * (1 + 2.0 ** -20))
-            for t in ((s[i, j] - g <= lo[i, j]) | (s[i, j] + g >= hi[i, j])).nonzero().flatten().tolist():
-                f[i[t], j[t]] = _f32_nearest(q[r[i[t]]], x[i[t], j[t]])
-        valid = col < cr[:, None]
-        out[order[pos[valid]]] = f[valid]
+        xn = pn[i] if pn is not None else _norm_bound(x.flatten(0, 1)).view(i.shape)
+        g = xn * qn[a:a + step, None] * (2 * d * 2.0 ** -53)
+        u, v = ((s - g <= lo) | (s + g >= hi)).nonzero(as_tuple=True)
+        if len(u):  # again with sum |q_i p_i|, then exactly
+            g = (x[u, v].double().abs() * y[u].abs()).sum(1) * (2 * d * 2.0 ** -53 * (1 + 2.0 ** -20))
+            for t in ((s[u, v] - g <= lo[u, v]) | (s[u, v] + g >= hi[u, v])).nonzero().flatten().tolist():
+                f[u[t], v[t]] = _f32_nearest(qa[a + u[t]], x[u[t], v[t]])
+        out[a:a + step] = f
+    return out
+
+
+def _by_row(row, R):
+    """Pairs grouped by row (row [P] in 0..R-1, sorted) -> pos [R, C], valid [R, C]: row r's pairs are
+    pos[r, :n_r] in their order, C = max n_r; the rest of the row repeats its last pair (rows without pairs: pair 0)."""
+    n = torch.bincount(row, minlength=R)
+    col = torch.arange(int(n.max()) if len(row) else 0, device=row.device)
+    pos = ((n.cumsum(0) - n)[:, None] + torch.minimum(col, n[:, None] - 1)).clamp(min=0)
+    return pos, col < n[:, None]
+
+
+def pair_scores(q, p, qi, pi, chunk=1 << 20):
+    """Correctly rounded inner products of pairs: q [Q, d], p [N, d] float32, qi, pi [P] rows -> [P] float32, the
+    float32 nearest the exact real q[qi] . p[pi] (ties to even), by _row_scores on the pairs grouped by query."""
+    out = torch.empty(len(qi), device=q.device)
+    if not len(qi):
+        return out
+    order = torch.argsort(qi, stable=True)
+    pos, valid = _by_row(qi[order], len(q))
+    rows = valid[:, 0].nonzero().flatten()                                   # queries with pairs
+    pos, valid = pos[rows], valid[rows]
+    out[order[pos[valid]]] = _row_scores(q[rows], p, pi[order][pos], chunk=chunk)[valid]
     return out
 
 
@@ -220,125 +237,148 @@ def _matmul(p_block, ql, out):
         flags.allow_bf16_reduced_precision_reduction = old
 
 
-@contextmanager
-def _one_thread(device):
-    """Run the many small selection ops on one CPU thread: each parallel op waits for its slowest thread, and on
-    busy cores that wait, not the arithmetic, decides (2 threads at load 4-6 ran them 5-20x slower than one)."""
-    n = torch.get_num_threads()
-    if device.type == "cpu":
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
+def _bits(x):
+    """The bits of bfloat16 or float32 x read as signed integers of the same width (a view). Non-negative floats
+    order as their bit patterns do, and every negative one (-0.0 included) reads as a negative integer: so for t > 0,
+    x >= t exactly when _bits(x) >= _bits(t), and a maximum of bits that is >= 0 is the bits of the maximum."""
+    return x.view(torch.int16 if x.dtype == torch.bfloat16 else torch.int32)
 
 
-def topk_threshold(q, p, k, precision="fp32", q_block=None, p_block=None, first_block=None, group=16,
-                   merge_every=128):
-    """Exact top-k in two steps: a first pass (a float32 or bfloat16 matmul) keeps every passage that can still be
-    in a query's top k, then _exact_top scores the kept ones exactly and takes the tie-exact top k.
+def _floats(x):
+    """The inverse view of _bits."""
+    return x.view(torch.bfloat16 if x.dtype == torch.int16 else torch.float32)
 
-    For each block of queries qa [Qb, d], for each block of B passages (the first one larger, first_block):
-      s_hat = p_block @ qa^T in the first pass's precision, into one reused buffer                   [B, Qb]
-      m = max of s_hat over groups of G consecutive passages                                          [B/G, Qb]
-      the s_hat >= thr of each (group, query) pair with m >= thr are kept as candidates,
-    where thr = _threshold(R) and k passages have s_hat >= R: in the first block, R is the k-th largest maximum over
-    groups of ~B / (4k) passages (k groups reach it, so k passages do); then the k-th best s_hat of a running top k
-    into which candidates are merged once they exceed merge_every * Qb (and after the first and the last block),
-    and the kept candidates below the new thr are dropped. Exact: thr never exceeds what a passage of the true top
-    k (ties included) must reach, so none is dropped; and the k best s_hat stay. When near-ties keep more than
-    32 Qb k candidates, they are cut to the exact top k so far.
-    Blocks, measured at 1M x 128, Q = 1000, k = 100 on 2 shared CPU cores (bench.py search): the first block holds
-    128 MiB of scores so that R starts near its final value (a running k-th best lets in about k ln(N / B_first)
-    passages per query that later fall out); then bf16 blocks of 32 MiB: smaller ones are as fast on one thread,
-    but on busy cores each parallel op waits for its slowest thread, and then the number of ops decides.
-    Extra memory: the score buffer, one passage block in the first pass's dtype, the candidates, the [Q, k] results.
+
+def _score_blocks(p, ql, pb, G, buf, pl):
+    """Yield (b, s) for each block of pb passages from row b: s [B, Qb] = p[b:b + n] @ ql^T in ql's dtype, a view of
+    buf; B = n rounded up to a multiple of G, the rows past n set to -inf. pl: a [pb, d] buffer for the passages in
+    ql's dtype (None where that is p's)."""
+    for b in range(0, len(p), pb):
+        n = min(pb, len(p) - b)
+        s = buf[:-(-n // G) * G]
+        _matmul(p[b:b + n] if pl is None else pl[:n].copy_(p[b:b + n]), ql, out=s[:n])
+        s[n:] = -math.inf
+        yield b, s
+
+
+def _group_max(s, G, ints, out):
+    """Maxima of s [B, Qb] over groups of G consecutive rows, into out [>= B/G, Qb]; ints: of _bits(s) (a faster
+    reduction than of bfloat16 values; out then an integer tensor)."""
+    return torch.amax((_bits(s) if ints else s).view(-1, G, s.shape[1]), 1, out=out[:len(s) // G])
+
+
+def _kth_super_max(blocks, G, k, H, ints, m):
+    """Pass 1 -> R [Qb] float32 such that k passages score >= R[j] for query j: the k-th largest of the first-pass
+    maxima over H >= k super-groups, super-group h being the groups g with g mod H = h (disjoint sets of passages).
+    ints: maxima of _bits, and R = -inf where that k-th largest is negative (a value not read). m [>= B/G, Qb]: a
+    buffer for group maxima, integer if ints."""
+    S = torch.full((H, m.shape[1]), -1 if ints else -math.inf, dtype=m.dtype, device=m.device)
+    for b, s in blocks:
+        mb = _group_max(s, G, ints, m)
+        g, t = b // G, 0
+        while t < len(mb):  # fold the groups' maxima into S, wrapping around
+            h = (g + t) % H
+            n = min(len(mb) - t, H - h)
+            torch.maximum(S[h:h + n], mb[t:t + n], out=S[h:h + n])
+            t += n
+    R = S.topk(k, dim=0).values[-1]
+    return torch.where(R >= 0, _floats(R).float(), -math.inf) if ints else R.float()
+
+
+def topk_threshold(q, p, k, precision="fp32", q_block=None, p_block=None, group=16):
+    """Exact top-k in three steps: a first pass (a float32 or bfloat16 matmul) twice over the passages, once to
+    bound each query's k-th best score from below and once to keep every passage that can still be in its top k,
+    then _exact_top scores the kept ones exactly and takes the tie-exact top k.
+
+    For each block of queries qa [Qb, d], with s_hat = p_block @ qa^T in the first pass's precision, by blocks of B
+    passages into one reused buffer [B, Qb], and the maxima of s_hat over groups of G consecutive passages:
+      pass 1: R = the k-th largest maximum over H = min(4k, N/G) super-groups of groups, so k passages have s_hat >= R
+              (_kth_super_max); thr = _threshold(R): every passage of the exact top k (ties included) has s_hat >=
+              thr, from the proven bound on the first pass's error (_error_bound);
+      pass 2: the groups whose maximum reaches thr are read again and their passages with s_hat >= thr kept: a group
+              holding such a passage has such a maximum, so none is missed.
+    Where thr > 0 for every query (the usual case) the maxima are taken of the scores' bits read as integers (_bits,
+    about 3x faster than of bfloat16), which decides s_hat >= thr exactly; else of the values. A query's top k is in
+    its top H super-groups; with H = 4k, R is near its k-th best score, and pass 2 keeps about k passages a query
+    plus those the error bound cannot tell apart. If near-ties keep more than 32 Qb k, they are cut to the exact top
+    k so far (later passages have higher rows: they never win a tie against these).
+    Measured at 100k and 1M x 128, Q = 1000, k = 100, 2 CPU threads (bench.py search): blocks of 8 MiB of scores
+    (pass 2 reads a group's G scores at stride Qb, fast while the block is in cache; the matmul is as fast), G = 16.
+    Extra memory: the score block, a block of passages in the first pass's dtype, [B/G, Qb] maxima, the [H, Qb]
+    super-group maxima, the candidates (about (k + slack) Qb pairs) and the [Q, k] results.
     """
     _check(q, p, k)
     if precision not in ("fp32", "bf16"):
         raise ValueError(f"exact_topk: precision {precision!r} must be 'auto', 'fp32' or 'bf16'")
     N, G, dev = len(p), group, q.device
     dt = torch.bfloat16 if precision == "bf16" else torch.float32
-    budget = (1 << 30 if q.is_cuda else 1 << 27) // dt.itemsize  # scores in the first block
     qb = max(1, q_block or min(len(q), 1024))
-    pb = p_block or min(N, max(256, (budget if q.is_cuda or dt == p.dtype else budget >> 2) // qb))
-    pb, first = (-(-min(N, x) // G) * G for x in (pb, first_block or max(pb, budget // qb)))  # multiples of G
+    budget = (1 << 30 if q.is_cuda else 1 << 23) // dt.itemsize                # scores in a block
+    pb = -(-min(N, p_block or max(G, budget // qb)) // G) * G                    # a multiple of G
+    H = min(4 * k, -(-N // G))                                                   # super-groups
+    pn = _norm_bound(p)                                                          # bounds of every |p|  [N]
+    pmax = float(pn.max())
     out_s, out_i = torch.empty(len(q), k, device=dev), torch.empty(len(q), k, dtype=torch.long, device=dev)
-    pmax = float(_norm_bound(p).max())                                       # bounds every |p|
     for a in range(0, len(q), qb):
-        qa = q[a:a + qb]                                                     # [Qb, d]
+        qa = q[a:a + qb]                                                         # [Qb, d]
         Qb, ql, qn = len(qa), qa.to(dt), _norm_bound(qa)
         if not float(qn.max()) * pmax < 2.0 ** 100:  # also catches inf and NaN
             raise ValueError("exact_topk: q and p must be finite, with |q| |p| < 2^100 for every pair")
         A, B = _error_bound(qa, ql, qn, pmax, precision)
-        rows = torch.arange(Qb, device=dev)[:, None]
-        R = torch.full((Qb,), -math.inf, device=dev)                         # R: k passages have s_hat >= R
+        buf = torch.empty(pb, Qb, dtype=dt, device=dev)                          # [B, Qb] s_hat, reused
+        pl = torch.empty(pb, p.shape[1], dtype=dt, device=dev) if dt != p.dtype else None
+        m = torch.empty(pb // G, Qb, dtype=_bits(buf).dtype, device=dev)         # [B/G, Qb] group maxima (bits)
+        R = torch.full((Qb,), -math.inf, device=dev)
+        if H >= k:  # pass 1
+            R = _kth_super_max(_score_blocks(p, ql, pb, G, buf, pl), G, k, H, True, m)
+            if (R == -math.inf).any():  # a k-th largest maximum below zero: again with the values
+                R = _kth_super_max(_score_blocks(p, ql, pb, G, buf, pl), G, k, H, False, m.view(dt))
         thr = _threshold(R, A, B, dt)
-        best_s = torch.full((Qb, k), -math.inf, device=dev)                  # running top k of s_hat  [Qb, k]
-        best_i = torch.full((Qb, k), -1, dtype=torch.long, device=dev)
-        buf = torch.empty(max(first, pb), Qb, dtype=dt, device=dev)          # [B, Qb] s_hat, reused
-        pl = torch.empty(len(buf) if dt != p.dtype else 0, p.shape[1], dtype=dt, device=dev)  # [B, d] in dt
-        m = torch.empty(len(buf) // G, Qb, dtype=dt, device=dev)             # [B/G, Qb] group maxima
-        over = torch.empty(m.shape, dtype=torch.bool, device=dev)
-        kept_k, kept_v = torch.empty(0, dtype=torch.long, device=dev), torch.empty(0, device=dev)  # id * Qb + row
-        keys, vals, pending = [], [], 0
-        for b in chain([0], range(first, N, pb)):
-            n = min(first if b == 0 else pb, N - b)
-            ng = -(-n // G)                                                  # groups, the last maybe partial
-            pd = p[b:b + n] if dt == p.dtype else pl[:n].copy_(p[b:b + n])   # [B, d]
-            s = buf[:ng * G]                                                 # [B, Qb]
-            _matmul(pd, ql, out=s[:n])
-            if n < ng * G:
-                s[n:] = -math.inf                                            # rows past N never win
-            torch.amax(s.view(ng, G, Qb), 1, out=m[:ng])
-            with _one_thread(dev):
-                H = max(1, ng // (4 * k))                                    # groups per super-group
-                if b == 0 and ng // H >= k:  # the k-th largest super-group maximum: k passages reach it
-                    R = torch.amax(m[:ng // H * H].view(-1, H, Qb), 1).topk(k, dim=0).values[-1].float()
-                    thr = _threshold(R, A, B, dt)
-                hit = torch.ge(m[:ng], thr, out=over[:ng]).nonzero()         # [h, 2]: group, query
-                if len(hit):
-                    hg, hq = hit[:, 0], hit[:, 1]
-                    v = s.view(ng, G, Qb)[hg, :, hq]                         # [h, G] the hit groups' s_hat
-                    j = (v >= thr[hq, None]).nonzero()                       # most of a group stays below
-                    keys.append((hg[j[:, 0]] * G + j[:, 1] + b) * Qb + hq[j[:, 0]])
-                    vals.append(v[j[:, 0], j[:, 1]].float())
-                    pending += len(j)
-                if pending and (pending > merge_every * Qb or b == 0 or b + pb >= N):
-                    keys, vals = torch.cat(keys), torch.cat(vals)
-                    new = vals > best_s[:, -1][keys % Qb]                    # the rest cannot change the top k
-                    ok = best_i >= 0
-                    best_s, best_i = top_of(torch.cat([(best_i * Qb + rows)[ok], keys[new]]),
-                                            torch.cat([best_s[ok], vals[new]]), Qb, k)
-                    R = best_s[:, -1].clone()
-                    thr = _threshold(R, A, B, dt)
-                    kept_k, kept_v = torch.cat([kept_k, keys]), torch.cat([kept_v, vals])
-                    ok = kept_v >= thr[kept_k % Qb]
-                    kept_k, kept_v, keys, vals, pending = kept_k[ok], kept_v[ok], [], [], 0
-                    if len(kept_k) > 32 * Qb * k:  # many near-ties: only the exact top k so far can stay
-                        ok = torch.isin(kept_k, _exact_top(qa, p, k, best_i, R, kept_k, kept_v, A, B)[1] * Qb + rows)
-                        kept_k, kept_v = kept_k[ok], kept_v[ok]
-                        best_s, best_i = top_of(kept_k, kept_v, Qb, k)
-                        R = best_s[:, -1].clone()
-                        thr = _threshold(R, A, B, dt)
-        with _one_thread(dev):
-            out_s[a:a + qb], out_i[a:a + qb] = _exact_top(qa, p, k, best_i, R, kept_k, kept_v, A, B)
+        ints = bool((thr > 0).all())
+        rows = torch.arange(Qb, device=dev)
+        keys, vals, n = [], [], 0                                                # candidates: id * Qb + row
+        for b, s in _score_blocks(p, ql, pb, G, buf, pl):  # pass 2
+            mb = _group_max(s, G, ints, m if ints else m.view(dt))
+            hg, hq = (mb >= (_bits(thr) if ints else thr)).nonzero().unbind(1)  # groups reaching thr, their query
+            v = s.view(-1, G, Qb)[hg, :, hq]                                     # [h, G] their s_hat
+            j, t = (v >= thr[hq, None]).nonzero().unbind(1)                      # most of a group stays below
+            keys.append((hg[j] * G + t + b) * Qb + hq[j])
+            vals.append(v[j, t].float())
+            n += len(j)
+            if n > 32 * Qb * k:  # many near-ties: only the exact top k so far can stay
+                keys, vals = torch.cat(keys), torch.cat(vals)
+                ok = torch.isin(keys, _exact_top(qa, p, pn, keys, vals, k, A, B)[1] * Qb + rows[:, None])
+                keys, vals, n = [keys[ok]], [vals[ok]], int(ok.sum())
+        out_s[a:a + qb], out_i[a:a + qb] = _exact_top(qa, p, pn, torch.cat(keys), torch.cat(vals), k, A, B)
     return out_s, out_i
 
 
-def _exact_top(qa, p, k, best_i, R, kept_k, kept_v, A, B):
-    """The tie-exact top k (scores, ids [Qb, k]) of the kept pairs (keys id * Qb + row, first-pass scores kept_v)
-    by exact score. best_i [Qb, k] is the top k by s_hat, R [Qb] its k-th best s_hat: its exact scores' minimum c_k
-    bounds the final k-th best from below, so of the rest only the kept that can reach c_k are scored."""
+def _exact_top(qa, p, pn, keys, vals, k, A, B):
+    """The tie-exact top k by exact score (scores, ids [Qb, k]) of candidate pairs: keys id * Qb + row, in ascending
+    id order within each row, at least k a row; vals their first-pass scores s_hat, within A + B |s_hat| of the exact
+    ones (_error_bound). Two steps: each row's k best by s_hat are scored exactly; the least of those k scores, L,
+    bounds the row's k-th best exact score from below, so of the rest only those whose s_hat can reach L
+    (_threshold(L, exact=True)) are scored; the top k is taken from the scored ones (select_topk: the columns are in
+    id order, so ties go to the lower id)."""
     Qb = len(qa)
-    top = (best_i * Qb + torch.arange(Qb, device=qa.device)[:, None]).flatten()
-    c = pair_scores(qa, p, top % Qb, top // Qb)                              # [Qb * k]
-    thr = _threshold(c.view(Qb, k).amin(1), A, B, torch.float32, exact=True)
-    row = kept_k % Qb
-    eq = (kept_v == R[row]).nonzero().flatten()                              # s_hat == R: in top or not
-    more = torch.cat([kept_k[(kept_v >= thr[row]) & (kept_v < R[row])],      # s_hat > R: all in top
-                      kept_k[eq[~torch.isin(kept_k[eq], top)]]])
-    return top_of(torch.cat([top, more]), torch.cat([c, pair_scores(qa, p, more % Qb, more // Qb)]), Qb, k)
+    row = keys % Qb
+    o = torch.sort(row.int(), stable=True).indices                               # by row, ids still ascending
+    pos, valid = _by_row(row[o], Qb)
+    ids = (keys[o] // Qb)[pos]                                                   # [Qb, C]
+    v = torch.where(valid, vals[o][pos], -math.inf)                              # [Qb, C] s_hat, -inf past a row
+    top = v.topk(k, dim=1).indices                                               # [Qb, k]
+    c = _row_scores(qa, p, ids.gather(1, top), pn)
+    thr = _threshold(c.amin(1), A, B, torch.float32, exact=True)
+    sc = torch.full(v.shape, -math.inf, device=v.device).scatter_(1, top, c)     # exact scores, -inf: not scored
+    more = (v >= thr[:, None]) & (sc == -math.inf)                               # can still reach L
+    n = more.sum(1)
+    if n.any():
+        cols = torch.sort(more.byte(), dim=1, descending=True, stable=True).indices[:, :int(n.max())]
+        c = _row_scores(qa, p, ids.gather(1, cols), pn)
+        sc.scatter_(1, cols, torch.where(torch.arange(cols.shape[1], device=v.device) < n[:, None], c,
+                                         sc.gather(1, cols)))
+    s, col = select_topk(sc, k)
+    return s, ids.gather(1, col)
 
 
 def _bf16_is_fast(device):

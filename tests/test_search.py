@@ -54,17 +54,23 @@ def near_ties(n, d, seed):
     return x[torch.arange(n) - (torch.arange(n) % 3 == 2).long()]
 
 
-PATHS = {  # name -> callable(q, p, k): both first-pass precisions, default and tiny blocks, group sizes, merges
+def opposed(n, d, seed):
+    """Queries (odd seeds) with positive entries, passages (even seeds) with negative ones: every score < 0."""
+    x = gaussian(n, d, seed).abs()
+    return x if seed % 2 else -x
+
+
+PATHS = {  # name -> callable(q, p, k): both first-pass precisions, default and tiny blocks, group sizes
     "exact_topk": lambda q, p, k: search.exact_topk(q, p, k),
     "exact_topk_blocks": lambda q, p, k: search.exact_topk(q, p, k, q_block=3, p_block=7),
     "fp32": lambda q, p, k: search.topk_threshold(q, p, k, "fp32"),
     "bf16": lambda q, p, k: search.topk_threshold(q, p, k, "bf16"),
     "fp32_small_blocks": lambda q, p, k: search.topk_threshold(q, p, k, "fp32", q_block=4, p_block=32),
-    "bf16_small_blocks": lambda q, p, k: search.topk_threshold(q, p, k, "bf16", q_block=4, p_block=32, first_block=64),
-    "bf16_merge_each_block": lambda q, p, k: search.topk_threshold(q, p, k, "bf16", p_block=6, group=3, merge_every=0),
+    "bf16_small_blocks": lambda q, p, k: search.topk_threshold(q, p, k, "bf16", q_block=4, p_block=32),
+    "bf16_group_3": lambda q, p, k: search.topk_threshold(q, p, k, "bf16", p_block=6, group=3),
     "bf16_group_1": lambda q, p, k: search.topk_threshold(q, p, k, "bf16", p_block=1, group=1),
-    "fp32_first_block_groups": lambda q, p, k: search.topk_threshold(  # a first block of exactly k groups
-        q, p, k, "fp32", first_block=min(len(p), 16 * k), p_block=5),
+    "fp32_k_super_groups": lambda q, p, k: search.topk_threshold(  # as few super-groups as k (pass 1's minimum)
+        q, p, k, "fp32", p_block=5, group=len(p) // k),
 }
 
 CASES = [  # Q, N, d, k, data
@@ -76,6 +82,7 @@ CASES = [  # Q, N, d, k, data
     (9, 64, 16, 1, dyadic),         # k == 1
     (6, 700, 32, 15, gaussian),     # float data: scores are no sums exact in float32
     (5, 600, 12, 25, near_ties),    # scores closer than bf16 can tell, duplicates
+    (4, 400, 6, 10, opposed),       # every score negative: maxima of values, not of bits
 ]
 
 
@@ -99,23 +106,22 @@ def test_near_ties_fool_bf16():
 
 
 def test_threshold_path_with_real_thresholds_and_ties():
-    """Enough passages after the first block for thresholds to reject most groups, ties at the k-th place, several
-    query blocks, partial last groups, a growing norm bound (the largest passages come last)."""
+    """Enough passages for thresholds to reject most groups, ties at the k-th place, several query blocks, partial
+    last groups, the largest passages last."""
     for data in (integer, dyadic, gaussian, near_ties):
         q, p = data(10, 4, seed=3), data(5003, 4, seed=4)
         p[-50:] *= 3
         bs, bi = brute(q, p, 25)
         for precision in ("fp32", "bf16"):
-            for kw in [dict(q_block=3, p_block=64), dict(p_block=400, group=8, merge_every=1),
-                       dict(p_block=800, group=4, first_block=1600)]:
+            for kw in [dict(q_block=3, p_block=64), dict(p_block=400, group=8), dict(p_block=800, group=4)]:
                 s, i = search.topk_threshold(q, p, 25, precision, **kw)
                 assert torch.equal(i, bi) and torch.equal(s, bs), (data.__name__, precision, kw)
 
 
 def test_error_bound_follows_larger_passages():
-    """Passages after the first block 1000x larger and nearly orthogonal to the queries: their bf16 errors, about
-    2^-9 |q| |p|, dwarf the gaps between their scores (which still top every small passage's), so a bound kept from
-    the first block's norms would drop some of the top k."""
+    """The last passages 1000x larger and nearly orthogonal to the queries: their bf16 errors, about 2^-9 |q| |p|,
+    dwarf the gaps between their scores (which still top every small passage's), so a bound from the small passages'
+    norms would drop some of the top k."""
     g = torch.Generator().manual_seed(10)
     q, small = torch.randn(3, 16, generator=g), torch.randn(2000, 16, generator=g)
     v = torch.randn(16, generator=g)
@@ -127,7 +133,7 @@ def test_error_bound_follows_larger_passages():
     s_hat = (q.bfloat16() @ big.bfloat16().T).float()
     order = exact(q, big).argsort(1, descending=True)
     assert (s_hat.gather(1, order).diff(1) > 0).any()                              # bf16 ranks them wrongly
-    for kw in [dict(first_block=2000, p_block=100), dict(first_block=2000, p_block=7, merge_every=0)]:
+    for kw in [dict(p_block=100), dict(p_block=7, group=1)]:
         s, i = search.topk_threshold(q, p, 30, "bf16", **kw)
         assert torch.equal(i, bi) and torch.equal(s, bs), kw
 
@@ -142,7 +148,7 @@ def test_massive_ties_are_compacted(monkeypatch):
     bs, bi = brute(q, p, 2)
     for precision in ("fp32", "bf16"):
         calls.clear()
-        s, i = search.topk_threshold(q, p, 2, precision, p_block=512, first_block=512, merge_every=1)
+        s, i = search.topk_threshold(q, p, 2, precision, p_block=512)
         assert torch.equal(i, bi) and torch.equal(s, bs) and len(calls) > 1
 
 
@@ -229,6 +235,56 @@ def test_threshold_hand_worked():
     assert 4.4 - 1e-5 < t[0] <= 4.4 and -14.5 / 0.75 - 1e-5 < t[1] <= -14.5 / 0.75
     b = search._threshold(torch.tensor([10.0]), A[:1], 0.0, torch.bfloat16)   # rounded down to bf16: 8 is exact,
     assert b.dtype == torch.bfloat16 and b.item() <= 8 and b.item() >= 7.9      # the slack takes it one step below
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_bits_order_like_values_above_a_positive_threshold(dtype):
+    """x >= t exactly when _bits(x) >= _bits(t), for t > 0 and any x: signed zeros, denormals, infinities, values
+    one step either side of t; and the maximum of bits, where >= 0, is the bits of the maximum."""
+    tiny = torch.finfo(dtype).tiny
+    g = torch.Generator().manual_seed(12)
+    x = torch.cat([torch.randn(4000, generator=g) * 10.0 ** torch.randint(-40, 38, (4000,), generator=g),
+                   torch.tensor([0.0, -0.0, tiny / 4, -tiny / 4, math.inf, -math.inf, 1.0, -1.0])]).to(dtype)
+    t = torch.cat([x[x > 0][:50], torch.tensor([tiny / 8, 1.0]).to(dtype)])
+    x = torch.cat([x, torch.nextafter(t, torch.full_like(t, math.inf)), torch.nextafter(t, torch.zeros_like(t))])
+    assert ((x[:, None] >= t) == (search._bits(x)[:, None] >= search._bits(t))).all()
+    x = x[:len(x) // 7 * 7].view(-1, 7)
+    m, ref = search._bits(x).amax(1), x.amax(1)
+    assert torch.equal(search._floats(m[m >= 0]), ref[m >= 0]) and (ref[m < 0] <= 0).all()
+
+
+@pytest.mark.parametrize("ints", [True, False])
+def test_kth_super_max_brute_force(ints):
+    """Pass 1's bound against a slow reference: the k-th largest, over super-groups h (groups g = h mod H), of the
+    maximum score; and at least k passages score at least that."""
+    g = torch.Generator().manual_seed(13)
+    N, Qb, G, H, k, pb = 1003, 6, 4, 37, 20, 40
+    s_all = torch.randn(N, Qb, generator=g).bfloat16()
+    s_all[:, 0] -= 8                                                    # a query whose k-th maximum is negative
+    blocks = [(b, torch.cat([s_all[b:b + pb], torch.full((-(-min(pb, N - b) // G) * G - min(pb, N - b), Qb),
+                                                            -math.inf, dtype=torch.bfloat16)]))
+              for b in range(0, N, pb)]
+    m = torch.empty(pb // G, Qb, dtype=torch.int16 if ints else torch.bfloat16)
+    R = search._kth_super_max(iter(blocks), G, k, H, ints, m)
+    f = s_all.float()
+    ref = torch.stack([torch.stack([f[torch.arange(N) // G % H == h, j].max() for h in range(H)]).sort(
+        descending=True).values[k - 1] for j in range(Qb)])
+    if ints:
+        ref = torch.where(ref >= 0, ref, -math.inf)
+    assert torch.equal(R, ref) and ((f >= R).sum(0) >= k).all()
+
+
+def test_both_maxima_paths_are_taken(monkeypatch):
+    """Positive thresholds take the maxima of bits, negative ones (every score < 0) those of values; both exact."""
+    seen = []
+    real = search._group_max
+    monkeypatch.setattr(search, "_group_max", lambda s, G, ints, out: seen.append(ints) or real(s, G, ints, out))
+    for data, want in ((gaussian, {True}), (opposed, {True, False})):
+        seen.clear()
+        q, p = data(5, 8, seed=1), data(3000, 8, seed=2)
+        s, i = search.topk_threshold(q, p, 10, "bf16", p_block=256)
+        bs, bi = brute(q, p, 10)
+        assert torch.equal(i, bi) and torch.equal(s, bs) and set(seen) == want
 
 
 def test_auto_precision(monkeypatch):
