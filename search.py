@@ -97,11 +97,12 @@ def _f32_nearest(a, b):
     return float(min(near, key=lambda c: (abs(Fraction(float(c)) - x), int(np.array(c).view(np.int32)) & 1)))
 
 
-def _row_scores(qa, p, ids, pn=None, chunk=1 << 20):
+def _row_scores(qa, p, ids, pn=None, n=None, chunk=1 << 20):
     """Correctly rounded inner products, a row of passages per query: qa [R, d] and p [N, d] float32, ids [R, C] rows
     of p -> [R, C] float32, the float32 nearest the exact real qa[r] . p[ids[r, c]] (ties to even). pn [N]: bounds of
-    the passages' norms (_norm_bound(p)); None: computed from the rows gathered. Every path of this module returns
-    these scores.
+    the passages' norms (_norm_bound(p)); None: computed from the rows gathered. n [R], descending: only the first
+    n[r] columns of row r are wanted (the rest are left unset), and each chunk of rows reads as many columns as its
+    first row needs. Every path of this module returns these scores.
 
     Why exact: a product of two float32 is exact in float64 (24 + 24 significant bits <= 53), so a float64 sum s64 of
     the d products, in whatever order the kernel adds them, is within gamma_{d-1} sum |q_i p_i| of the exact sum,
@@ -117,9 +118,13 @@ def _row_scores(qa, p, ids, pn=None, chunk=1 << 20):
     d = p.shape[1]
     out = torch.empty(R, C, device=p.device)
     qn = _norm_bound(qa)
-    step = max(1, chunk // max(1, C * d))
-    for a in range(0, R, step):
-        i = ids[a:a + step]                                                  # [r, C]
+    a = 0
+    while a < R and C:
+        w = C if n is None else int(n[a])                                    # columns of this chunk
+        if w == 0:
+            break
+        step = max(1, chunk // (w * d))
+        i = ids[a:a + step, :w]                                              # [r, w]
         x = p.index_select(0, i.flatten()).view(*i.shape, d)                 # [r, C, d]
         y = qa[a:a + step].double()                                          # [r, d]
         s = torch.bmm(x.double(), y[:, :, None])[:, :, 0]                    # [r, C] float64 sums
@@ -133,7 +138,8 @@ def _row_scores(qa, p, ids, pn=None, chunk=1 << 20):
             g = (x[u, v].double().abs() * y[u].abs()).sum(1) * (2 * d * 2.0 ** -53 * (1 + 2.0 ** -20))
             for t in ((s[u, v] - g <= lo[u, v]) | (s[u, v] + g >= hi[u, v])).nonzero().flatten().tolist():
                 f[u[t], v[t]] = _f32_nearest(qa[a + u[t]], x[u[t], v[t]])
-        out[a:a + step] = f
+        out[a:a + step, :w] = f
+        a += step
     return out
 
 
@@ -373,8 +379,10 @@ def _exact_top(qa, p, pn, keys, vals, k, A, B):
     more = (v >= thr[:, None]) & (sc == -math.inf)                               # can still reach L
     n = more.sum(1)
     if n.any():
-        cols = torch.sort(more.byte(), dim=1, descending=True, stable=True).indices[:, :int(n.max())]
-        c = _row_scores(qa, p, ids.gather(1, cols), pn)
+        cols = torch.sort(more.byte(), dim=1, descending=True, stable=True).indices[:, :int(n.max())]  # [Qb, C2]
+        r = torch.argsort(n, descending=True)                                # rows by how many: less padding
+        c = torch.empty(cols.shape, device=v.device)
+        c[r] = _row_scores(qa[r], p, ids.gather(1, cols)[r], pn, n[r])
         sc.scatter_(1, cols, torch.where(torch.arange(cols.shape[1], device=v.device) < n[:, None], c,
                                          sc.gather(1, cols)))
     s, col = select_topk(sc, k)
