@@ -319,7 +319,7 @@ def topk_threshold(q, p, k, precision="fp32", q_block=None, p_block=None, group=
     N, G, dev = len(p), group, q.device
     dt = torch.bfloat16 if precision == "bf16" else torch.float32
     qb = max(1, q_block or min(len(q), 1024))
-    budget = (1 << 30 if q.is_cuda else 1 << 23) // dt.itemsize                # scores in a block
+    budget = (1 << 30 if q.is_cuda else 1 << 24) // dt.itemsize                # scores in a block
     pb = -(-min(N, p_block or max(G, budget // qb)) // G) * G                    # a multiple of G
     H = min(4 * k, -(-N // G))                                                   # super-groups
     pn = _norm_bound(p)                                                          # bounds of every |p|  [N]
