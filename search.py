@@ -273,15 +273,16 @@ def _group_max(s, G, ints, out):
     return torch.amax((_bits(s) if ints else s).view(-1, G, s.shape[1]), 1, out=out[:len(s) // G])
 
 
-def _kth_super_max(blocks, G, k, H, ints, m):
+def _kth_super_max(blocks, G, k, H, ints, M):
     """Pass 1 -> R [Qb] float32 such that k passages score >= R[j] for query j: the k-th largest of the first-pass
     maxima over H >= k super-groups, super-group h being the groups g with g mod H = h (disjoint sets of passages).
-    ints: maxima of _bits, and R = -inf where that k-th largest is negative (a value not read). m [>= B/G, Qb]: a
-    buffer for group maxima, integer if ints."""
-    S = torch.full((H, m.shape[1]), -1 if ints else -math.inf, dtype=m.dtype, device=m.device)
+    M [N/G, Qb] receives the groups' maxima. ints: maxima of _bits (M an integer tensor), and R = -inf where that
+    k-th largest is negative (a value not read)."""
+    S = torch.full((H, M.shape[1]), -1 if ints else -math.inf, dtype=M.dtype, device=M.device)
     for b, s in blocks:
-        mb = _group_max(s, G, ints, m)
-        g, t = b // G, 0
+        g = b // G
+        mb = _group_max(s, G, ints, M[g:])
+        t = 0
         while t < len(mb):  # fold the groups' maxima into S, wrapping around
             h = (g + t) % H
             n = min(len(mb) - t, H - h)
@@ -297,21 +298,23 @@ def topk_threshold(q, p, k, precision="fp32", q_block=None, p_block=None, group=
     then _exact_top scores the kept ones exactly and takes the tie-exact top k.
 
     For each block of queries qa [Qb, d], with s_hat = p_block @ qa^T in the first pass's precision, by blocks of B
-    passages into one reused buffer [B, Qb], and the maxima of s_hat over groups of G consecutive passages:
+    passages into one reused buffer [B, Qb], and M [N/G, Qb] the maxima of s_hat over groups of G passages:
       pass 1: R = the k-th largest maximum over H = min(4k, N/G) super-groups of groups, so k passages have s_hat >= R
               (_kth_super_max); thr = _threshold(R): every passage of the exact top k (ties included) has s_hat >=
               thr, from the proven bound on the first pass's error (_error_bound);
-      pass 2: the groups whose maximum reaches thr are read again and their passages with s_hat >= thr kept: a group
-              holding such a passage has such a maximum, so none is missed.
-    Where thr > 0 for every query (the usual case) the maxima are taken of the scores' bits read as integers (_bits,
-    about 3x faster than of bfloat16), which decides s_hat >= thr exactly; else of the values. A query's top k is in
-    its top H super-groups; with H = 4k, R is near its k-th best score, and pass 2 keeps about k passages a query
-    plus those the error bound cannot tell apart. If near-ties keep more than 32 Qb k, they are cut to the exact top
-    k so far (later passages have higher rows: they never win a tie against these).
-    Measured at 100k and 1M x 128, Q = 1000, k = 100, 2 CPU threads (bench.py search): blocks of 8 MiB of scores
-    (pass 2 reads a group's G scores at stride Qb, fast while the block is in cache; the matmul is as fast), G = 16.
-    Extra memory: the score block, a block of passages in the first pass's dtype, [B/G, Qb] maxima, the [H, Qb]
-    super-group maxima, the candidates (about (k + slack) Qb pairs) and the [Q, k] results.
+      pass 2: the scores again; the groups whose maximum reaches thr are read and their passages with s_hat >= thr
+              kept: a group holding such a passage has such a maximum, so none is missed.
+    Where thr > 0 for every query (the usual case) M holds the maxima of the scores' bits read as integers (_bits:
+    about 3x faster than of bfloat16 values), which decide s_hat >= thr exactly; else the values'. A query's top k
+    lies in its top H super-groups; with H = 4k, R is near its k-th best score, and pass 2 keeps about k passages a
+    query plus those the error bound cannot tell apart. If near-ties keep more than 32 Qb k, they are cut to the
+    exact top k so far (later passages have higher rows: they never win a tie against these).
+    Measured at 100k and 1M x 128, Q = 1000, k = 100, 2 CPU threads (bench.py search; A/B runs alternated): blocks of
+    16 MiB of scores (8: 6 % slower at 100k, 32: 7 % slower at 100k, 6 % faster at 1M), G = 16; M kept from pass 1
+    rather than taken again, 4 % faster; every op on 2 threads (1 thread for the selection: 20 % slower).
+    Extra memory: the score block, a block of passages in the first pass's dtype, M (2 or 4 bytes a group and query:
+    125 MB at 1M passages and 1000 queries in bf16), the [H, Qb] super-group maxima, the candidates (about
+    (k + slack) Qb pairs) and the [Q, k] results.
     """
     _check(q, p, k)
     if precision not in ("fp32", "bf16"):
@@ -333,19 +336,23 @@ def topk_threshold(q, p, k, precision="fp32", q_block=None, p_block=None, group=
         A, B = _error_bound(qa, ql, qn, pmax, precision)
         buf = torch.empty(pb, Qb, dtype=dt, device=dev)                          # [B, Qb] s_hat, reused
         pl = torch.empty(pb, p.shape[1], dtype=dt, device=dev) if dt != p.dtype else None
-        m = torch.empty(pb // G, Qb, dtype=_bits(buf).dtype, device=dev)         # [B/G, Qb] group maxima (bits)
-        R = torch.full((Qb,), -math.inf, device=dev)
+        M = torch.empty(-(-N // G), Qb, dtype=_bits(buf).dtype, device=dev)     # [N/G, Qb] group maxima
+        R, bits = torch.full((Qb,), -math.inf, device=dev), None                 # bits: what M holds
         if H >= k:  # pass 1
-            R = _kth_super_max(_score_blocks(p, ql, pb, G, buf, pl), G, k, H, True, m)
+            R, bits = _kth_super_max(_score_blocks(p, ql, pb, G, buf, pl), G, k, H, True, M), True
             if (R == -math.inf).any():  # a k-th largest maximum below zero: again with the values
-                R = _kth_super_max(_score_blocks(p, ql, pb, G, buf, pl), G, k, H, False, m.view(dt))
+                R, bits = _kth_super_max(_score_blocks(p, ql, pb, G, buf, pl), G, k, H, False, M.view(dt)), False
         thr = _threshold(R, A, B, dt)
-        ints = bool((thr > 0).all())
+        ints = bits is not False and bool((thr > 0).all())                     # compare bits, else values
         rows = torch.arange(Qb, device=dev)
         keys, vals, n = [], [], 0                                                # candidates: id * Qb + row
         for b, s in _score_blocks(p, ql, pb, G, buf, pl):  # pass 2
-            mb = _group_max(s, G, ints, m if ints else m.view(dt))
-            hg, hq = (mb >= (_bits(thr) if ints else thr)).nonzero().unbind(1)  # groups reaching thr, their query
+            g, V = b // G, M.view(dt)
+            if ints:                                                             # M holds bits, every thr > 0
+                mb, t = M[g:g + len(s) // G], _bits(thr)
+            else:  # values: pass 1's, or taken now (bits cannot tell a score from a threshold <= 0)
+                mb, t = V[g:g + len(s) // G] if bits is False else _group_max(s, G, False, V[g:]), thr
+            hg, hq = (mb >= t).nonzero().unbind(1)                               # groups reaching thr, their query
             v = s.view(-1, G, Qb)[hg, :, hq]                                     # [h, G] their s_hat
             j, t = (v >= thr[hq, None]).nonzero().unbind(1)                      # most of a group stays below
             keys.append((hg[j] * G + t + b) * Qb + hq[j])
