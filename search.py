@@ -322,7 +322,7 @@ def topk_threshold(q, p, k, precision="fp32", q_block=None, p_block=None, group=
     N, G, dev = len(p), group, q.device
     dt = torch.bfloat16 if precision == "bf16" else torch.float32
     qb = max(1, q_block or min(len(q), 1024))
-    budget = (1 << 30 if q.is_cuda else 1 << 24) // dt.itemsize                # scores in a block
+    budget = (min(1 << 32, torch.cuda.mem_get_info(dev)[0] // 4) if q.is_cuda else 1 << 24) // dt.itemsize  # scores
     pb = -(-min(N, p_block or max(G, budget // qb)) // G) * G                    # a multiple of G
     H = min(4 * k, -(-N // G))                                                   # super-groups
     pn = _norm_bound(p)                                                          # bounds of every |p|  [N]
@@ -346,7 +346,8 @@ def topk_threshold(q, p, k, precision="fp32", q_block=None, p_block=None, group=
         ints = bits is not False and bool((thr > 0).all())                     # compare bits, else values
         rows = torch.arange(Qb, device=dev)
         keys, vals, n = [], [], 0                                                # candidates: id * Qb + row
-        for b, s in _score_blocks(p, ql, pb, G, buf, pl):  # pass 2
+        one = H >= k and pb >= N  # one block holds every passage: pass 2 reads pass 1's scores
+        for b, s in [(0, buf[:len(M) * G])] if one else _score_blocks(p, ql, pb, G, buf, pl):  # pass 2
             g, V = b // G, M.view(dt)
             if ints:                                                             # M holds bits, every thr > 0
                 mb, t = M[g:g + len(s) // G], _bits(thr)
