@@ -299,9 +299,9 @@ def topk_threshold(q, p, k, precision="fp32", q_block=None, p_block=None, group=
 
     For each block of queries qa [Qb, d], with s_hat = p_block @ qa^T in the first pass's precision, by blocks of B
     passages into one reused buffer [B, Qb], and M [N/G, Qb] the maxima of s_hat over groups of G passages:
-      pass 1: R = the k-th largest maximum over H = min(4k, N/G) super-groups of groups, so k passages have s_hat >= R
-              (_kth_super_max); thr = _threshold(R): every passage of the exact top k (ties included) has s_hat >=
-              thr, from the proven bound on the first pass's error (_error_bound);
+      pass 1: R = the k-th largest maximum over H = min(4k, N/G) super-groups of groups (G <= N/k, so H >= k): k
+              passages have s_hat >= R (_kth_super_max); thr = _threshold(R): every passage of the exact top k
+              (ties included) has s_hat >= thr, from the proven bound on the first pass's error (_error_bound);
       pass 2: the scores again; the groups whose maximum reaches thr are read and their passages with s_hat >= thr
               kept: a group holding such a passage has such a maximum, so none is missed.
     Where thr > 0 for every query (the usual case) M holds the maxima of the scores' bits read as integers (_bits:
@@ -319,12 +319,13 @@ def topk_threshold(q, p, k, precision="fp32", q_block=None, p_block=None, group=
     _check(q, p, k)
     if precision not in ("fp32", "bf16"):
         raise ValueError(f"exact_topk: precision {precision!r} must be 'auto', 'fp32' or 'bf16'")
-    N, G, dev = len(p), group, q.device
+    N, dev = len(p), q.device
+    G = max(1, min(group, N // k))                                               # so that N / G >= k
     dt = torch.bfloat16 if precision == "bf16" else torch.float32
     qb = max(1, q_block or min(len(q), 1024))
     budget = (min(1 << 32, torch.cuda.mem_get_info(dev)[0] // 4) if q.is_cuda else 1 << 24) // dt.itemsize  # scores
     pb = -(-min(N, p_block or max(G, budget // qb)) // G) * G                    # a multiple of G
-    H = min(4 * k, -(-N // G))                                                   # super-groups
+    H = min(4 * k, -(-N // G))                                                   # super-groups, >= k
     pn = _norm_bound(p)                                                          # bounds of every |p|  [N]
     pmax = float(pn.max())
     out_s, out_i = torch.empty(len(q), k, device=dev), torch.empty(len(q), k, dtype=torch.long, device=dev)
@@ -337,22 +338,20 @@ def topk_threshold(q, p, k, precision="fp32", q_block=None, p_block=None, group=
         buf = torch.empty(pb, Qb, dtype=dt, device=dev)                          # [B, Qb] s_hat, reused
         pl = torch.empty(pb, p.shape[1], dtype=dt, device=dev) if dt != p.dtype else None
         M = torch.empty(-(-N // G), Qb, dtype=_bits(buf).dtype, device=dev)     # [N/G, Qb] group maxima
-        R, bits = torch.full((Qb,), -math.inf, device=dev), None                 # bits: what M holds
-        if H >= k:  # pass 1
-            R, bits = _kth_super_max(_score_blocks(p, ql, pb, G, buf, pl), G, k, H, True, M), True
-            if (R == -math.inf).any():  # a k-th largest maximum below zero: again with the values
-                R, bits = _kth_super_max(_score_blocks(p, ql, pb, G, buf, pl), G, k, H, False, M.view(dt)), False
+        R, bits = _kth_super_max(_score_blocks(p, ql, pb, G, buf, pl), G, k, H, True, M), True  # pass 1
+        if (R == -math.inf).any():  # a k-th largest maximum below zero: again with the values
+            R, bits = _kth_super_max(_score_blocks(p, ql, pb, G, buf, pl), G, k, H, False, M.view(dt)), False
         thr = _threshold(R, A, B, dt)
-        ints = bits is not False and bool((thr > 0).all())                     # compare bits, else values
+        ints = bits and bool((thr > 0).all())                                    # compare bits, else values
         rows = torch.arange(Qb, device=dev)
         keys, vals, n = [], [], 0                                                # candidates: id * Qb + row
-        one = H >= k and pb >= N  # one block holds every passage: pass 2 reads pass 1's scores
-        for b, s in [(0, buf[:len(M) * G])] if one else _score_blocks(p, ql, pb, G, buf, pl):  # pass 2
+        one = [(0, buf[:len(M) * G])] if pb >= N else None  # one block of every passage: pass 1's scores again
+        for b, s in one or _score_blocks(p, ql, pb, G, buf, pl):  # pass 2
             g, V = b // G, M.view(dt)
             if ints:                                                             # M holds bits, every thr > 0
                 mb, t = M[g:g + len(s) // G], _bits(thr)
             else:  # values: pass 1's, or taken now (bits cannot tell a score from a threshold <= 0)
-                mb, t = V[g:g + len(s) // G] if bits is False else _group_max(s, G, False, V[g:]), thr
+                mb, t = _group_max(s, G, False, V[g:]) if bits else V[g:g + len(s) // G], thr
             hg, hq = (mb >= t).nonzero().unbind(1)                               # groups reaching thr, their query
             v = s.view(-1, G, Qb)[hg, :, hq]                                     # [h, G] their s_hat
             j, t = (v >= thr[hq, None]).nonzero().unbind(1)                      # most of a group stays below
