@@ -313,10 +313,10 @@ def topk_threshold(q, p, k, precision="fp32", q_block=None, p_block=None, group=
     exact top k so far (later passages have higher rows: they never win a tie against these).
     Measured at 100k and 1M x 128, Q = 1000, k = 100, 2 CPU threads (bench.py search; A/B runs alternated): blocks of
     16 MiB of scores (8: 6 % slower at 100k, 32: 7 % slower at 100k, 6 % faster at 1M), G = 16; M kept from pass 1
-    rather than taken again, 4 % faster; every op on 2 threads (1 thread for the selection: 20 % slower).
+    rather than taken again, 4 % faster; every op on 2 threads (1 thread for the selection: 15-25 % slower).
     Extra memory: the score block, a block of passages in the first pass's dtype, M (2 or 4 bytes a group and query:
-    125 MB at 1M passages and 1000 queries in bf16), the [H, Qb] super-group maxima, the candidates (about
-    (k + slack) Qb pairs) and the [Q, k] results.
+    125 MB at 1M passages and 1000 queries in bf16; query blocks shrink to keep it under 256 MiB), the [H, Qb]
+    super-group maxima, the candidates (about (k + slack) Qb pairs) and the [Q, k] results.
     """
     _check(q, p, k)
     if precision not in ("fp32", "bf16"):
@@ -324,7 +324,7 @@ def topk_threshold(q, p, k, precision="fp32", q_block=None, p_block=None, group=
     N, dev = len(p), q.device
     G = max(1, min(group, N // k))                                               # so that N / G >= k
     dt = torch.bfloat16 if precision == "bf16" else torch.float32
-    qb = max(1, q_block or min(len(q), 1024))
+    qb = max(1, q_block or min(len(q), 1024, (1 << 28) // (-(-N // G) * dt.itemsize)))  # M under 256 MiB
     budget = (min(1 << 32, torch.cuda.mem_get_info(dev)[0] // 4) if q.is_cuda else 1 << 24) // dt.itemsize  # scores
     pb = -(-min(N, p_block or max(G, budget // qb)) // G) * G                    # a multiple of G
     H = min(4 * k, -(-N // G))                                                   # super-groups, >= k
@@ -351,10 +351,10 @@ def topk_threshold(q, p, k, precision="fp32", q_block=None, p_block=None, group=
         for b, s in one or _score_blocks(p, ql, pb, G, buf, pl):  # pass 2
             g, V = b // G, M.view(dt)
             if ints:                                                             # M holds bits, every thr > 0
-                mb, t = M[g:g + len(s) // G], _bits(thr)
+                mb, cut = M[g:g + len(s) // G], _bits(thr)
             else:  # values: pass 1's, or taken now (bits cannot tell a score from a threshold <= 0)
-                mb, t = _group_max(s, G, False, V[g:]) if bits else V[g:g + len(s) // G], thr
-            hg, hq = (mb >= t).nonzero().unbind(1)                               # groups reaching thr, their query
+                mb, cut = _group_max(s, G, False, V[g:]) if bits else V[g:g + len(s) // G], thr
+            hg, hq = (mb >= cut).nonzero().unbind(1)                             # groups reaching thr, their query
             v = s.view(-1, G, Qb)[hg, :, hq]                                     # [h, G] their s_hat
             j, t = (v >= thr[hq, None]).nonzero().unbind(1)                      # most of a group stays below
             keys.append((hg[j] * G + t + b) * Qb + hq[j])
