@@ -145,7 +145,8 @@ def _row_scores(qa, p, ids, pn=None, n=None, chunk=1 << 20):
 
 def _by_row(row, R):
     """Pairs grouped by row (row [P] in 0..R-1, sorted) -> pos [R, C], valid [R, C]: row r's pairs are
-    pos[r, :n_r] in their order, C = max n_r; the rest of the row repeats its last pair (rows without pairs: pair 0)."""
+    pos[r, :n_r] in their order, C = max n_r; the rest of the row repeats its last pair (rows without pairs: the
+    pair before theirs, or pair 0)."""
     n = torch.bincount(row, minlength=R)
     col = torch.arange(int(n.max()) if len(row) else 0, device=row.device)
     pos = ((n.cumsum(0) - n)[:, None] + torch.minimum(col, n[:, None] - 1)).clamp(min=0)
@@ -168,8 +169,14 @@ def pair_scores(q, p, qi, pi, chunk=1 << 20):
 
 # ----------------------------------------------------------------------------- first-pass error bounds
 def _norm_bound(x):
-    """Upper bounds of the rows' Euclidean norms [R] float64 (the float32 norm, raised past its rounding error)."""
-    return torch.linalg.vector_norm(x, dim=1, dtype=torch.float32).double() * (1 + (x.shape[1] + 4) * 2.0 ** -23)
+    """Upper bounds of the rows' Euclidean norms [R] float64 (the float32 norm, raised past its rounding error).
+    Rows whose float32 norm is below 2^-60 or above 2^60, where squares can underflow (entries below 2^-75 add 0:
+    a norm of 0 would void every bound) or overflow, are taken again in float64, where squares of float32 are exact."""
+    n = torch.linalg.vector_norm(x, dim=1, dtype=torch.float32).double()
+    odd = ~((n > 2.0 ** -60) & (n < 2.0 ** 60))                             # also NaN
+    if odd.any():
+        n[odd] = torch.linalg.vector_norm(x[odd].double(), dim=1)
+    return n * (1 + (x.shape[1] + 4) * 2.0 ** -23)
 
 
 def _fp32_matmul_is_ieee(device):
@@ -321,13 +328,15 @@ def topk_threshold(q, p, k, precision="fp32", q_block=None, p_block=None, group=
         raise ValueError(f"exact_topk: precision {precision!r} must be 'auto', 'fp32' or 'bf16'")
     N, dev = len(p), q.device
     G = max(1, min(group, N // k))                                               # so that N / G >= k
+    pn = _norm_bound(p)                                                          # bounds of every |p|  [N]
+    pmax = float(pn.max())
+    if precision == "bf16" and not (pmax < 2.0 ** 127 and bool((_norm_bound(q) < 2.0 ** 127).all())):
+        precision = "fp32"  # entries may round to inf in bfloat16 (only with |q| or |p| >= 2^127, the other tiny)
     dt = torch.bfloat16 if precision == "bf16" else torch.float32
     qb = max(1, q_block or min(len(q), 1024))
     budget = (min(1 << 32, torch.cuda.mem_get_info(dev)[0] // 4) if q.is_cuda else 1 << 24) // dt.itemsize  # scores
     pb = -(-min(N, p_block or max(G, budget // qb)) // G) * G                    # a multiple of G
     H = min(4 * k, -(-N // G))                                                   # super-groups, >= k
-    pn = _norm_bound(p)                                                          # bounds of every |p|  [N]
-    pmax = float(pn.max())
     out_s, out_i = torch.empty(len(q), k, device=dev), torch.empty(len(q), k, dtype=torch.long, device=dev)
     for a in range(0, len(q), qb):
         qa = q[a:a + qb]                                                         # [Qb, d]
