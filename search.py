@@ -314,8 +314,9 @@ def topk_threshold(q, p, k, precision="fp32", q_block=None, p_block=None, group=
     Where thr > 0 for every query (the usual case) M holds the maxima of the scores' bits read as integers (_bits:
     about 3x faster than of bfloat16 values), which decide s_hat >= thr exactly; else the values'. A query's top k
     lies in its top H super-groups; with H = 4k, R is near its k-th best score, and pass 2 keeps about k passages a
-    query plus those the error bound cannot tell apart. If near-ties keep more than 32 Qb k, they are cut to the
-    exact top k so far (later passages have higher rows: they never win a tie against these).
+    query plus those the error bound cannot tell apart. A query whose (near-)ties keep more than 32 k has them cut to
+    its exact top k so far (later passages have higher rows: they never win a tie against these); per query, as
+    _exact_top pads every row to the longest (one zero query among 1024 would otherwise pad all to N).
     Measured at 100k and 1M x 128, Q = 1000, k = 100, 2 CPU threads (bench.py search; A/B runs alternated): blocks of
     16 MiB of scores (8: 6 % slower at 100k, 32: 7 % slower at 100k, 6 % faster at 1M), G = 16; M kept from pass 1
     rather than taken again, 4 % faster; every op on 2 threads (1 thread for the selection: 20 % slower).
@@ -352,8 +353,8 @@ def topk_threshold(q, p, k, precision="fp32", q_block=None, p_block=None, group=
             R, bits = _kth_super_max(_score_blocks(p, ql, pb, G, buf, pl), G, k, H, False, M.view(dt)), False
         thr = _threshold(R, A, B, dt)
         ints = bits and bool((thr > 0).all())                                    # compare bits, else values
-        rows = torch.arange(Qb, device=dev)
-        keys, vals, n = [], [], 0                                                # candidates: id * Qb + row
+        keys, vals = [], []                                                      # candidates: id * Qb + row
+        n = torch.zeros(Qb, dtype=torch.long, device=dev)                        # [Qb] candidates a query
         one = [(0, buf[:len(M) * G])] if pb >= N else None  # one block of every passage: pass 1's scores again
         for b, s in one or _score_blocks(p, ql, pb, G, buf, pl):  # pass 2
             g, V = b // G, M.view(dt)
@@ -366,11 +367,17 @@ def topk_threshold(q, p, k, precision="fp32", q_block=None, p_block=None, group=
             j, t = (v >= thr[hq, None]).nonzero().unbind(1)                      # most of a group stays below
             keys.append((hg[j] * G + t + b) * Qb + hq[j])
             vals.append(v[j, t].float())
-            n += len(j)
-            if n > 32 * Qb * k:  # many near-ties: only the exact top k so far can stay
+            n += torch.bincount(hq[j], minlength=Qb)
+            if int(n.max()) > 32 * k:  # near-ties or ties: those queries keep only their exact top k so far
                 keys, vals = torch.cat(keys), torch.cat(vals)
-                ok = torch.isin(keys, _exact_top(qa, p, pn, keys, vals, k, A, B)[1] * Qb + rows[:, None])
-                keys, vals, n = [keys[ok]], [vals[ok]], int(ok.sum())
+                heavy = n > 32 * k
+                sel, hr = heavy[keys % Qb], heavy.nonzero().flatten()            # their pairs, their rows [h]
+                hk = keys[sel] // Qb * len(hr) + (heavy.cumsum(0) - 1)[keys[sel] % Qb]   # rows renumbered 0..h-1
+                ok = ~sel
+                ok[sel] = torch.isin(keys[sel], _exact_top(qa[hr], p, pn, hk, vals[sel], k, A[hr], B)[1] * Qb
+                                     + hr[:, None])
+                keys, vals = [keys[ok]], [vals[ok]]
+                n = torch.bincount(keys[0] % Qb, minlength=Qb)
         out_s[a:a + qb], out_i[a:a + qb] = _exact_top(qa, p, pn, torch.cat(keys), torch.cat(vals), k, A, B)
     return out_s, out_i
 

@@ -215,6 +215,23 @@ def test_pair_scores_tiny_vectors_round_correctly():
         assert float(fraction_f32(q[0], p[0])) == scale
 
 
+def test_one_tied_query_keeps_memory_bounded(monkeypatch):
+    """A zero query ties every passage at 0 (all are candidates) while the others keep about k: _exact_top pads
+    every row to the longest, so the cut to the exact top k must be per query (with the whole block's count,
+    32 Qb k, one such query among 1024 made a [1024, N] layout). The columns stay under 32 k plus one block."""
+    cols = []
+    real = search._by_row
+    monkeypatch.setattr(search, "_by_row", lambda row, R: cols.append(int(row.bincount().max())) or real(row, R))
+    q, p = gaussian(32, 4, seed=1), gaussian(3000, 4, seed=2)
+    q[5], q[9] = 0.0, -0.0
+    bs, bi = brute(q, p, 2)
+    assert bi[5].tolist() == [0, 1] and bs[5].eq(0).all()
+    for precision in ("fp32", "bf16"):
+        cols.clear()
+        s, i = search.topk_threshold(q, p, 2, precision, p_block=64)
+        assert torch.equal(i, bi) and torch.equal(s, bs) and 64 < max(cols) <= 32 * 2 + 64, (precision, max(cols))
+
+
 def test_all_passages_equal():
     """Every passage the same row: every query ties all N (positive, negative and zero scores); the lowest rows win."""
     q = torch.tensor([[1.0, 2.0], [-1.0, -2.0], [0.0, 0.0], [2.0, -1.0], [1e-30, 1e-30]])
