@@ -147,7 +147,8 @@ def _row_scores(qa, p, ids, pn=None, n=None, chunk=None):
 
 def _by_row(row, R):
     """Pairs grouped by row (row [P] in 0..R-1, sorted) -> pos [R, C], valid [R, C]: row r's pairs are
-    pos[r, :n_r] in their order, C = max n_r; the rest of the row repeats its last pair (rows without pairs: pair 0)."""
+    pos[r, :n_r] in their order, C = max n_r; the rest of the row repeats its last pair (rows without pairs: the
+    pair before theirs, or pair 0)."""
     n = torch.bincount(row, minlength=R)
     col = torch.arange(int(n.max()) if len(row) else 0, device=row.device)
     pos = ((n.cumsum(0) - n)[:, None] + torch.minimum(col, n[:, None] - 1)).clamp(min=0)
@@ -170,8 +171,14 @@ def pair_scores(q, p, qi, pi, chunk=None):
 
 # ----------------------------------------------------------------------------- first-pass error bounds
 def _norm_bound(x):
-    """Upper bounds of the rows' Euclidean norms [R] float64 (the float32 norm, raised past its rounding error)."""
-    return torch.linalg.vector_norm(x, dim=1, dtype=torch.float32).double() * (1 + (x.shape[1] + 4) * 2.0 ** -23)
+    """Upper bounds of the rows' Euclidean norms [R] float64 (the float32 norm, raised past its rounding error).
+    Rows whose float32 norm is below 2^-60 or above 2^60, where squares can underflow (entries below 2^-75 add 0:
+    a norm of 0 would void every bound) or overflow, are taken again in float64, where squares of float32 are exact."""
+    n = torch.linalg.vector_norm(x, dim=1, dtype=torch.float32).double()
+    odd = ~((n > 2.0 ** -60) & (n < 2.0 ** 60))                             # also NaN
+    if odd.any():
+        n[odd] = torch.linalg.vector_norm(x[odd].double(), dim=1)
+    return n * (1 + (x.shape[1] + 4) * 2.0 ** -23)
 
 
 def _fp32_matmul_is_ieee(device):
@@ -309,8 +316,9 @@ def topk_threshold(q, p, k, precision="fp32", q_block=None, p_block=None, group=
     Where thr > 0 for every query (the usual case) M holds the maxima of the scores' bits read as integers (_bits:
     about 3x faster than of bfloat16 values), which decide s_hat >= thr exactly; else the values'. A query's top k
     lies in its top H super-groups; with H = 4k, R is near its k-th best score, and pass 2 keeps about k passages a
-    query plus those the error bound cannot tell apart. If near-ties keep more than 32 Qb k, they are cut to the
-    exact top k so far (later passages have higher rows: they never win a tie against these).
+    query plus those the error bound cannot tell apart. A query whose (near-)ties keep more than 32 k has them cut to
+    its exact top k so far (later passages have higher rows: they never win a tie against these); per query, as
+    _exact_top pads every row to the longest (one zero query among 1024 would otherwise pad all to N).
     Measured at 100k and 1M x 128, Q = 1000, k = 100, 2 CPU threads (bench.py search; A/B runs alternated): blocks of
     16 MiB of scores (8: 6 % slower at 100k, 32: 7 % slower at 100k, 6 % faster at 1M), G = 16; M kept from pass 1
     rather than taken again, 4 % faster; every op on 2 threads (1 thread for the selection: 15-25 % slower).
@@ -323,13 +331,15 @@ def topk_threshold(q, p, k, precision="fp32", q_block=None, p_block=None, group=
         raise ValueError(f"exact_topk: precision {precision!r} must be 'auto', 'fp32' or 'bf16'")
     N, dev = len(p), q.device
     G = max(1, min(group, N // k))                                               # so that N / G >= k
+    pn = _norm_bound(p)                                                          # bounds of every |p|  [N]
+    pmax = float(pn.max())
+    if precision == "bf16" and not (pmax < 2.0 ** 127 and bool((_norm_bound(q) < 2.0 ** 127).all())):
+        precision = "fp32"  # entries may round to inf in bfloat16 (only with |q| or |p| >= 2^127, the other tiny)
     dt = torch.bfloat16 if precision == "bf16" else torch.float32
     qb = max(1, q_block or min(len(q), 1024, (1 << 28) // (-(-N // G) * dt.itemsize)))  # M under 256 MiB
     budget = (min(1 << 32, torch.cuda.mem_get_info(dev)[0] // 4) if q.is_cuda else 1 << 24) // dt.itemsize  # scores
     pb = -(-min(N, p_block or max(G, budget // qb)) // G) * G                    # a multiple of G
     H = min(4 * k, -(-N // G))                                                   # super-groups, >= k
-    pn = _norm_bound(p)                                                          # bounds of every |p|  [N]
-    pmax = float(pn.max())
     out_s, out_i = torch.empty(len(q), k, device=dev), torch.empty(len(q), k, dtype=torch.long, device=dev)
     for a in range(0, len(q), qb):
         qa = q[a:a + qb]                                                         # [Qb, d]
@@ -345,8 +355,8 @@ def topk_threshold(q, p, k, precision="fp32", q_block=None, p_block=None, group=
             R, bits = _kth_super_max(_score_blocks(p, ql, pb, G, buf, pl), G, k, H, False, M.view(dt)), False
         thr = _threshold(R, A, B, dt)
         ints = bits and bool((thr > 0).all())                                    # compare bits, else values
-        rows = torch.arange(Qb, device=dev)
-        keys, vals, n = [], [], 0                                                # candidates: id * Qb + row
+        keys, vals = [], []                                                      # candidates: id * Qb + row
+        n = torch.zeros(Qb, dtype=torch.long, device=dev)                        # [Qb] candidates a query
         one = [(0, buf[:len(M) * G])] if pb >= N else None  # one block of every passage: pass 1's scores again
         for b, s in one or _score_blocks(p, ql, pb, G, buf, pl):  # pass 2
             g, V = b // G, M.view(dt)
@@ -359,11 +369,17 @@ def topk_threshold(q, p, k, precision="fp32", q_block=None, p_block=None, group=
             j, t = (v >= thr[hq, None]).nonzero().unbind(1)                      # most of a group stays below
             keys.append((hg[j] * G + t + b) * Qb + hq[j])
             vals.append(v[j, t].float())
-            n += len(j)
-            if n > 32 * Qb * k:  # many near-ties: only the exact top k so far can stay
+            n += torch.bincount(hq[j], minlength=Qb)
+            if int(n.max()) > 32 * k:  # near-ties or ties: those queries keep only their exact top k so far
                 keys, vals = torch.cat(keys), torch.cat(vals)
-                ok = torch.isin(keys, _exact_top(qa, p, pn, keys, vals, k, A, B)[1] * Qb + rows[:, None])
-                keys, vals, n = [keys[ok]], [vals[ok]], int(ok.sum())
+                heavy = n > 32 * k
+                sel, hr = heavy[keys % Qb], heavy.nonzero().flatten()            # their pairs, their rows [h]
+                hk = keys[sel] // Qb * len(hr) + (heavy.cumsum(0) - 1)[keys[sel] % Qb]   # rows renumbered 0..h-1
+                ok = ~sel
+                ok[sel] = torch.isin(keys[sel], _exact_top(qa[hr], p, pn, hk, vals[sel], k, A[hr], B)[1] * Qb
+                                     + hr[:, None])
+                keys, vals = [keys[ok]], [vals[ok]]
+                n = torch.bincount(keys[0] % Qb, minlength=Qb)
         out_s[a:a + qb], out_i[a:a + qb] = _exact_top(qa, p, pn, torch.cat(keys), torch.cat(vals), k, A, B)
     return out_s, out_i
 

@@ -167,6 +167,132 @@ def test_results_do_not_depend_on_threads_or_blocks():
         torch.set_num_threads(n)
 
 
+# ---------------------------------------------------------------- hostile inputs
+def faint_signal(seed, gap, big, n=400):
+    """Passages of norm ~big nearly orthogonal to the queries, whose scores (~0.01 big) differ by about gap big: the
+    first pass's errors, ~2^-24 or 2^-9 of |q| |p|, rank them wrongly, and only a right error bound keeps them."""
+    g = torch.Generator().manual_seed(seed)
+    q, v = torch.randn(3, 16, generator=g), torch.randn(16, generator=g)
+    v -= torch.linalg.lstsq(q.T, v[:, None]).solution[:, 0] @ q
+    w = q.sum(0) / q.sum(0).norm()
+    return q, big * (v / v.norm() + (0.01 + torch.rand(n, 1, generator=g) * gap) * w)
+
+
+@pytest.mark.parametrize("precision,gap,big", [("fp32", 1e-7, 1e5), ("bf16", 1e-3, 1e3)])
+def test_tiny_and_huge_norms(precision, gap, big):
+    """Queries scaled by 2^-80 (float32 squares of their entries underflow to 0: a norm bound of 0 voided the error
+    bound and the top k came out wrong) or 2^70 with passages by 2^-70 (squares overflow: a false 'not finite'
+    error), and entries near float32's largest (bf16 would round them to inf: the first pass falls back to fp32)."""
+    q, p = faint_signal(10, gap, big)
+    for qs, ps in [(2.0 ** -80, 1.0), (1.0, 2.0 ** -80), (2.0 ** 70, 2.0 ** -70), (2.0 ** -70, 2.0 ** 70)]:
+        for k in (1, 30):
+            s, i = search.topk_threshold(q * qs, p * ps, k, precision)
+            bs, bi = brute(q * qs, p * ps, k)
+            assert torch.equal(i, bi) and torch.equal(s, bs), (qs, ps, k)
+    q = torch.tensor([[1.999, -1.999, 1.0, 0.0], [1.999, 1.999, -1.999, 1.0]]) * 2.0 ** 127
+    p = gaussian(30, 4, seed=3) * 2.0 ** -40
+    s, i = search.topk_threshold(q, p, 7, precision)
+    bs, bi = brute(q, p, 7)
+    assert torch.equal(i, bi) and torch.equal(s, bs)
+
+
+def test_norm_bound_under_and_overflow():
+    x = torch.tensor([[2.0 ** -80] * 8, [2.0 ** 70] * 8, [0.0] * 8, [3.0, -4.0] + [0.0] * 6, [2.0 ** -140] * 8])
+    n = search._norm_bound(x).tolist()
+    want = [8 ** 0.5 * 2.0 ** -80, 8 ** 0.5 * 2.0 ** 70, 0.0, 5.0, 8 ** 0.5 * 2.0 ** -140]
+    assert all(w <= b <= w * (1 + 1e-5) for w, b in zip(want, n)), n
+
+
+def test_pair_scores_tiny_vectors_round_correctly():
+    """Hand-worked: a = 2^-53 (1 + 2^-17), c = -2^-52 (1 + 2^-16); 1 + 2^-24 + a + a + c = 1 + 2^-24 - 2^-69 lies
+    below the midpoint 1 + 2^-24, so it rounds to 1, but a float64 sum from the left rounds up to 1 + 2^-24 + 2^-52.
+    Scaled by 2^-100 the float32 norm of p is 0, which made the check that catches this accept the float64 sum."""
+    a, c = 2.0 ** -53 * (1 + 2.0 ** -17), -(2.0 ** -52) * (1 + 2.0 ** -16)
+    q = torch.tensor([[1.0, 2.0 ** -24, a, a, c]])
+    for scale in (1.0, 2.0 ** -100):
+        p = torch.full((1, 5), scale)
+        assert search.pair_scores(q, p, torch.tensor([0]), torch.tensor([0])).item() == scale
+        assert float(fraction_f32(q[0], p[0])) == scale
+
+
+def test_one_tied_query_keeps_memory_bounded(monkeypatch):
+    """A zero query ties every passage at 0 (all are candidates) while the others keep about k: _exact_top pads
+    every row to the longest, so the cut to the exact top k must be per query (with the whole block's count,
+    32 Qb k, one such query among 1024 made a [1024, N] layout). The columns stay under 32 k plus one block."""
+    cols = []
+    real = search._by_row
+    monkeypatch.setattr(search, "_by_row", lambda row, R: cols.append(int(row.bincount().max())) or real(row, R))
+    q, p = gaussian(32, 4, seed=1), gaussian(3000, 4, seed=2)
+    q[5], q[9] = 0.0, -0.0
+    bs, bi = brute(q, p, 2)
+    assert bi[5].tolist() == [0, 1] and bs[5].eq(0).all()
+    for precision in ("fp32", "bf16"):
+        cols.clear()
+        s, i = search.topk_threshold(q, p, 2, precision, p_block=64)
+        assert torch.equal(i, bi) and torch.equal(s, bs) and 64 < max(cols) <= 32 * 2 + 64, (precision, max(cols))
+
+
+def test_all_passages_equal():
+    """Every passage the same row: every query ties all N (positive, negative and zero scores); the lowest rows win."""
+    q = torch.tensor([[1.0, 2.0], [-1.0, -2.0], [0.0, 0.0], [2.0, -1.0], [1e-30, 1e-30]])
+    p = torch.tensor([[0.5, 0.25]]).repeat(2000, 1)
+    for precision in ("fp32", "bf16"):
+        for kw in [dict(p_block=33, group=5), dict()]:
+            s, i = search.topk_threshold(q, p, 3, precision, **kw)
+            assert i.tolist() == [[0, 1, 2]] * 5 and torch.equal(s, exact(q, p)[:, :3]), (precision, kw)
+
+
+def test_mixed_signs_zeros_denormals_in_one_block():
+    """One query block with a query of positive scores (bits path possible), one of negative ones, a zero query,
+    one of signed zeros and denormals (scores in float32's subnormal range), duplicated passages."""
+    g = torch.Generator().manual_seed(21)
+    p = torch.randn(500, 6, generator=g).abs()
+    p[100:200] = p[:100]                                           # duplicates: the lower rows win ties
+    p[300:310] = 0.0
+    q = torch.stack([torch.ones(6), -torch.ones(6), torch.zeros(6), -torch.zeros(6),
+                     torch.randn(6, generator=g) * 2.0 ** -135, torch.randn(6, generator=g)])
+    bs, bi = brute(q, p, 40)
+    assert (bs[4] != 0).any() and (bs[4].abs() < torch.finfo(torch.float32).tiny).any()
+    for precision in ("fp32", "bf16"):
+        for kw in [dict(), dict(p_block=50, group=4), dict(q_block=1)]:
+            s, i = search.topk_threshold(q, p, 40, precision, **kw)
+            assert torch.equal(i, bi) and torch.equal(s, bs), (precision, kw)
+
+
+def sweep_data(kind, n, d, seed, side):
+    """Data for the random sweep; side 0: queries, 1: passages."""
+    g = torch.Generator().manual_seed(seed)
+    if kind == "opposed":
+        return opposed(n, d, 2 * seed + 1 - side)
+    if kind == "mixed":                                            # rows of either sign, some zero
+        return gaussian(n, d, seed) * torch.randint(-1, 2, (n, 1), generator=g)
+    if kind == "duplicates":                                       # 3 distinct rows: ties everywhere
+        return integer(3, d, seed)[torch.randint(0, 3, (n,), generator=g)]
+    if kind == "scaled":                                           # |q| ~ 2^-70, |p| ~ 2^10, times 2^[-10, 10]
+        return gaussian(n, d, seed) * 2.0 ** (side * 80 - 70 + int(torch.randint(-10, 11, (), generator=g)))
+    if kind == "denormal":                                         # queries in float32's subnormal range
+        return gaussian(n, d, seed) * 2.0 ** -135 if side == 0 else gaussian(n, d, seed)
+    return {"dyadic": dyadic, "integer": integer, "gaussian": gaussian, "near_ties": near_ties}[kind](n, d, seed)
+
+
+def test_random_shapes_and_blocks_equal_brute_force():
+    """30 seeded random configurations: shapes (N < G, k = N, Q = 1, N not a multiple of anything), group and block
+    sizes, data kinds; both precisions, against the brute-force sort."""
+    kinds = ["dyadic", "integer", "gaussian", "near_ties", "opposed", "mixed", "duplicates", "scaled", "denormal"]
+    rng = random.Random(22)
+    for t in range(30):
+        Q, N, d = rng.randint(1, 6), rng.choice([1, 2, 5, rng.randint(1, 150)]), rng.randint(1, 8)
+        k = rng.choice([1, N, rng.randint(1, N)])
+        kind = kinds[t % len(kinds)]
+        q, p = sweep_data(kind, Q, d, 2 * t, 0), sweep_data(kind, N, d, 2 * t + 1, 1)
+        kw = dict(group=rng.choice([1, 2, 3, 16, 40]), p_block=rng.choice([None, 1, 2, 7, rng.randint(1, 60)]),
+                  q_block=rng.choice([None, 1, 2, 4]))
+        bs, bi = brute(q, p, k)
+        for precision in ("fp32", "bf16"):
+            s, i = search.topk_threshold(q, p, k, precision, **kw)
+            assert torch.equal(i, bi) and torch.equal(s, bs), (t, kind, Q, N, d, k, kw, precision)
+
+
 # ---------------------------------------------------------------- exact scores and bounds
 def fraction_f32(a, b):
     """The correctly rounded float32 of a . b through Python fractions and numpy (a slow, separate reference)."""
