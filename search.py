@@ -329,6 +329,9 @@ def topk_threshold(q, p, k, precision="fp32", q_block=None, p_block=None, group=
     _check(q, p, k)
     if precision not in ("fp32", "bf16"):
         raise ValueError(f"exact_topk: precision {precision!r} must be 'auto', 'fp32' or 'bf16'")
+    for name, v in (("q_block", q_block), ("p_block", p_block), ("group", group)):
+        if v is not None and v < 1:
+            raise ValueError(f"exact_topk: {name} = {v} must be at least 1 (or None: chosen from the shapes)")
     N, dev = len(p), q.device
     G = max(1, min(group, N // k))                                               # so that N / G >= k
     pn = _norm_bound(p)                                                          # bounds of every |p|  [N]

@@ -471,6 +471,11 @@ def test_dense_errors():
     for bad in (math.nan, math.inf, 1e30):
         with pytest.raises(ValueError, match="finite"):
             search.exact_topk(q + 1, p.index_fill(0, torch.tensor([3]), bad), 2)
+    for kw in (dict(p_block=-100), dict(q_block=0)):
+        with pytest.raises(ValueError, match=f"{next(iter(kw))} = .* must be at least 1"):
+            search.exact_topk(q, p, 2, **kw)
+    with pytest.raises(ValueError, match="group = 0 must be at least 1"):
+        search.topk_threshold(q, p, 2, group=0)
 
 
 def test_no_queries():
