@@ -120,6 +120,9 @@ def _row_scores(qa, p, ids, pn=None, n=None, chunk=None):
     out = torch.empty(R, C, device=p.device)
     qn = _norm_bound(qa)
     chunk = chunk or 1 << (26 if p.is_cuda else 20)
+    size = min(R * C * d, max(chunk, C * d))                                 # the largest chunk's rows x d
+    xb = torch.empty(size, device=p.device)                                  # reused, not fresh pages a chunk
+    xd = torch.empty(size, dtype=torch.float64, device=p.device)             # (2-5 % at 100k x 128)
     a = 0
     while a < R and C:
         w = C if n is None else int(n[a])                                    # columns of this chunk
@@ -127,9 +130,9 @@ def _row_scores(qa, p, ids, pn=None, n=None, chunk=None):
             break
         step = max(1, chunk // (w * d))
         i = ids[a:a + step, :w]                                              # [r, w]
-        x = p.index_select(0, i.flatten()).view(*i.shape, d)                 # [r, C, d]
+        x = torch.index_select(p, 0, i.flatten(), out=xb[:i.numel() * d].view(-1, d)).view(*i.shape, d)  # [r, w, d]
         y = qa[a:a + step].double()                                          # [r, d]
-        s = torch.bmm(x.double(), y[:, :, None])[:, :, 0]                    # [r, C] float64 sums
+        s = torch.bmm(xd[:x.numel()].view(x.shape).copy_(x), y[:, :, None])[:, :, 0]  # [r, w] float64 sums
         f = s.float()
         lo = (f.double() + torch.nextafter(f, torch.full_like(f, -math.inf)).double()) / 2  # exact in float64
         hi = (f.double() + torch.nextafter(f, torch.full_like(f, math.inf)).double()) / 2
@@ -146,9 +149,9 @@ def _row_scores(qa, p, ids, pn=None, n=None, chunk=None):
 
 
 def _by_row(row, R):
-    """Pairs grouped by row (row [P] in 0..R-1, sorted) -> pos [R, C], valid [R, C]: row r's pairs are
-    pos[r, :n_r] in their order, C = max n_r; the rest of the row repeats its last pair (rows without pairs: the
-    pair before theirs, or pair 0)."""
+    """Pairs by row (row [P] in 0..R-1) -> pos [R, C], valid [R, C]: positions in the pairs sorted stably by row;
+    row r's pairs are pos[r, :n_r] in their order, C = max n_r; the rest of the row repeats its last pair (rows
+    without pairs: the pair before theirs, or pair 0)."""
     n = torch.bincount(row, minlength=R)
     col = torch.arange(int(n.max()) if len(row) else 0, device=row.device)
     pos = ((n.cumsum(0) - n)[:, None] + torch.minimum(col, n[:, None] - 1)).clamp(min=0)
@@ -162,7 +165,7 @@ def pair_scores(q, p, qi, pi, chunk=None):
     if not len(qi):
         return out
     order = torch.argsort(qi, stable=True)
-    pos, valid = _by_row(qi[order], len(q))
+    pos, valid = _by_row(qi, len(q))
     rows = valid[:, 0].nonzero().flatten()                                   # queries with pairs
     pos, valid = pos[rows], valid[rows]
     out[order[pos[valid]]] = _row_scores(q[rows], p, pi[order][pos], chunk=chunk)[valid]
@@ -396,10 +399,10 @@ def _exact_top(qa, p, pn, keys, vals, k, A, B):
     id order, so ties go to the lower id)."""
     Qb = len(qa)
     row = keys % Qb
-    o = torch.sort(row.int(), stable=True).indices                               # by row, ids still ascending
-    pos, valid = _by_row(row[o], Qb)
-    ids = (keys[o] // Qb)[pos]                                                   # [Qb, C]
-    v = torch.where(valid, vals[o][pos], -math.inf)                              # [Qb, C] s_hat, -inf past a row
+    pos, valid = _by_row(row, Qb)
+    o = torch.sort(row.int(), stable=True).indices[pos]                          # [Qb, C] pairs, ids ascending
+    ids = keys[o] // Qb                                                          # [Qb, C]
+    v = torch.where(valid, vals[o], -math.inf)                                   # [Qb, C] s_hat, -inf past a row
     top = v.topk(k, dim=1).indices                                               # [Qb, k]
     c = _row_scores(qa, p, ids.gather(1, top), pn)
     thr = _threshold(c.amin(1), A, B, torch.float32, exact=True)
