@@ -320,8 +320,7 @@ def topk_threshold(q, p, k, precision="fp32", q_block=None, p_block=None, group=
     about 3x faster than of bfloat16 values), which decide s_hat >= thr exactly; else the values'. A query's top k
     lies in its top H super-groups; with H = 4k, R is near its k-th best score, and pass 2 keeps about k passages a
     query plus those the error bound cannot tell apart. A query whose (near-)ties keep more than 32 k has them cut to
-    its exact top k so far (later passages have higher rows: they never win a tie against these); per query, as
-    _exact_top pads every row to the longest (one zero query among 1024 would otherwise pad all to N).
+    its exact top k so far (_cut).
     Measured at 100k and 1M x 128, Q = 1000, k = 100, 2 CPU threads (bench.py search; A/B runs alternated): blocks of
     16 MiB of scores (8: 6 % slower at 100k, 32: 7 % slower at 100k, 6 % faster at 1M), G = 16; M kept from pass 1
     rather than taken again, 4 % faster; every op on 2 threads (1 thread for the selection: 15-25 % slower).
@@ -377,17 +376,24 @@ def topk_threshold(q, p, k, precision="fp32", q_block=None, p_block=None, group=
             vals.append(v[j, t].float())
             n += torch.bincount(hq[j], minlength=Qb)
             if int(n.max()) > 32 * k:  # near-ties or ties: those queries keep only their exact top k so far
-                keys, vals = torch.cat(keys), torch.cat(vals)
-                heavy = n > 32 * k
-                sel, hr = heavy[keys % Qb], heavy.nonzero().flatten()            # their pairs, their rows [h]
-                hk = keys[sel] // Qb * len(hr) + (heavy.cumsum(0) - 1)[keys[sel] % Qb]   # rows renumbered 0..h-1
-                ok = ~sel
-                ok[sel] = torch.isin(keys[sel], _exact_top(qa[hr], p, pn, hk, vals[sel], k, A[hr], B)[1] * Qb
-                                     + hr[:, None])
-                keys, vals = [keys[ok]], [vals[ok]]
-                n = torch.bincount(keys[0] % Qb, minlength=Qb)
+                keys, vals = _cut(qa, p, pn, torch.cat(keys), torch.cat(vals), n > 32 * k, k, A, B)
+                keys, vals, n = [keys], [vals], torch.bincount(keys % Qb, minlength=Qb)
         out_s[a:a + qb], out_i[a:a + qb] = _exact_top(qa, p, pn, torch.cat(keys), torch.cat(vals), k, A, B)
     return out_s, out_i
+
+
+def _cut(qa, p, pn, keys, vals, heavy, k, A, B):
+    """Candidates (keys id * Qb + row, ids ascending within a row; vals their s_hat) with the rows marked heavy [Qb]
+    cut to their exact top k so far: later passages have higher rows, so they never win a tie against these. Per
+    query, as _exact_top pads every row to the longest (one zero query among 1024 would pad all to N). -> keys, vals
+    in their order."""
+    Qb = len(qa)
+    sel, hr = heavy[keys % Qb], heavy.nonzero().flatten()                      # heavy rows' pairs, those rows [h]
+    hk = keys[sel] // Qb * len(hr) + (heavy.cumsum(0) - 1)[keys[sel] % Qb]    # rows renumbered 0..h-1
+    top = _exact_top(qa[hr], p, pn, hk, vals[sel], k, A[hr], B)[1] * Qb + hr[:, None]
+    ok = ~sel
+    ok[sel] = torch.isin(keys[sel], top)
+    return keys[ok], vals[ok]
 
 
 def _exact_top(qa, p, pn, keys, vals, k, A, B):
