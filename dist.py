@@ -19,6 +19,7 @@ What the N ranks do (train.py, encoded.py and report.py call the functions below
 
 Shapes: N ranks, Q queries, k results, d dims.
 """
+import math
 import os
 import sys
 
@@ -148,6 +149,27 @@ def cat_parts(parts):
 
 # ----------------------------------------------------------------------------- sharded exact search
 
+def top_of(key, v, Qb, k):
+    """The tie-exact top k of each query among pairs key = passage id * Qb + query row with scores v (1-D, not NaN)
+    -> (scores [Qb, k], ids [Qb, k]) in the order (score descending, id ascending), padded with -inf / -1 where a
+    query has fewer than k pairs. One sort by key (ids ascending within each query), then one stable sort by
+    (query, score), the float32 scores through an order-preserving integer image of their bits."""
+    o = torch.argsort(key)
+    key, v = key[o], v[o] + 0.0                                              # -0.0 -> 0.0: equal scores, equal bits
+    b = v.view(torch.int32)
+    b = (b ^ ((b >> 31) & 0x7FFFFFFF)).long()                                # increasing with v
+    row = key % Qb
+    o = torch.argsort(row * (1 << 33) - b, stable=True)                      # query ascending, score descending
+    key, v, row = key[o], v[o], row[o]
+    counts = torch.bincount(row, minlength=Qb)
+    rank = torch.arange(len(key), device=key.device) - (counts.cumsum(0) - counts)[row]
+    ok = rank < k
+    out_v = torch.full((Qb, k), -math.inf, device=v.device)
+    out_i = torch.full((Qb, k), -1, dtype=torch.long, device=v.device)
+    out_v[row[ok], rank[ok]], out_i[row[ok], rank[ok]] = v[ok], key[ok] // Qb
+    return out_v, out_i
+
+
 @torch.no_grad()
 def exact_topk(q, p, k):
     """search.exact_topk(q, P, k) where P is every rank's p stacked in rank order, each rank holding its own share
@@ -155,7 +177,7 @@ def exact_topk(q, p, k):
     [Q, k], ids [Q, k] rows of P) on every rank, equal to the one-process result, ties included.
 
     Each rank takes the top min(k, N_r) of its share: a passage of the global top-k is in it, the order (score
-    descending, row ascending) being the same within a share; the gathered lists are merged by search.top_of, whose
+    descending, row ascending) being the same within a share; the gathered lists are merged by top_of, whose
     order is the same (the scores are exact, so a passage scores alike on every rank and in one process).
     """
     if not active():
@@ -175,7 +197,7 @@ def exact_topk(q, p, k):
     s = torch.cat([S[r][:, :ks[r]] for r in range(len(sizes)) if ks[r]], 1)        # [Q, sum ks] every rank's list
     i = torch.cat([I[r][:, :ks[r]] for r in range(len(sizes)) if ks[r]], 1)
     rows = torch.arange(len(q), device=q.device)[:, None].expand_as(i)
-    return search.top_of((i * len(q) + rows).flatten(), s.flatten(), len(q), k)
+    return top_of((i * len(q) + rows).flatten(), s.flatten(), len(q), k)
 
 
 # ----------------------------------------------------------------------------- training

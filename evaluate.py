@@ -1,7 +1,9 @@
-"""Retrieval metrics with trec_eval semantics (METHOD.md, Metrics), strict qrels and run readers, and their CLI.
+"""Retrieval metrics with trec_eval semantics (METHOD.md, Metrics), strict qrels and run readers, the run writer,
+and their CLI.
 
     qrels = read_qrels("data/tiny/qrels/test.tsv")      # {qid: {docid: relevance}}, BEIR tsv or TREC qrels
     run = read_run("out/runs/de.trec")                  # {qid: {docid: score}}, a TREC run
+    write_trec("run.trec", qids, pids, scores, ids, tag="de")   # [Q, k] scores and passage rows, e.g. exact_topk's
     result = evaluate(qrels, run, ["recall@100", "ndcg@10"], lang={"q1": "sw", ...})
     print(format_table(result, ["recall@100", "ndcg@10"]))  # rows: all + each language
 
@@ -128,6 +130,32 @@ def read_run(path):
             raise EvalError(f"{path}:{i}: document {d!r} appears twice for query {q!r}")
         run[q][d] = score
     return run
+
+
+def write_trec(path, qids, pids, scores, ids, tag):
+    """Write a TREC run: one line `qid Q0 docid rank score tag` per result, rank from 1 in row order.
+
+    qids: Q query ids; pids: passage row -> id; scores, ids [Q, k] (arrays or CPU tensors, e.g. from
+    search.exact_topk). Entries with id < 0 (padding, such as BM25 zeros masked by the caller) are skipped. Scores are written with 9
+    significant digits (float32 round-trips). Written to path + '.tmp', then os.replace: never half-written.
+    """
+    scores, ids = np.asarray(scores).tolist(), np.asarray(ids).tolist()
+    if len(qids) != len(ids) or len(scores) != len(ids):
+        raise ValueError(f"write_trec: {len(qids)} qids but scores/ids of {len(scores)}/{len(ids)} rows")
+    tmp = f"{path}.tmp"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            for qid, row_s, row_i in zip(qids, scores, ids):
+                row = [(pids[i], s) for s, i in zip(row_s, row_i) if i >= 0]
+                for rank, (pid, s) in enumerate(row, 1):
+                    line = f"{qid} Q0 {pid} {rank} {s:.9g} {tag}\n"
+                    if len(line.split()) != 6:
+                        raise ValueError(f"write_trec: an id or the tag is empty or has whitespace: {line!r}")
+                    f.write(line)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def lone_surrogate(value):

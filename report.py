@@ -8,7 +8,6 @@ import os
 
 import dist
 import evaluate
-import search
 from encoded import EncodedData
 from model import DualEncoder
 from outdir import OutDir, Stop, log
@@ -36,7 +35,7 @@ def stage_eval(cfg, d, out):
                 continue
         for split, (scores, ids) in found.items():
             path = out.path(f"runs/{name}.{split}.trec")
-            search.write_trec(path, splits[split], ds.pids, scores.cpu(), ids.cpu(), name)
+            evaluate.write_trec(path, splits[split], ds.pids, scores.cpu(), ids.cpu(), name)
             res = evaluate.evaluate(ds.qrels[split], evaluate.read_run(path), metrics, ds.lang, ds.answers, passages)
             results[split][name] = {"all": res["all"], "per_lang": res["per_lang"]}
             log("eval", f"{split} {name:12s} " + " ".join(f"{m} {res['all'][m]:.3f}" for m in metrics))
@@ -87,7 +86,7 @@ def hybrid_row(cfg, d, out, splits, results, metrics, passages):
         ids = [[row[p] for p, _ in r] + [-1] * (k - len(r)) for r in ranked]
         scores = [[s for _, s in r] + [0.0] * (k - len(r)) for r in ranked]
         path = out.path(f"runs/hybrid.{split}.trec")
-        search.write_trec(path, qids, ds.pids, scores, ids, "hybrid")
+        evaluate.write_trec(path, qids, ds.pids, scores, ids, "hybrid")
         res = evaluate.evaluate(ds.qrels[split], evaluate.read_run(path), metrics, ds.lang, ds.answers, passages)
         results[split]["hybrid"] = {"all": res["all"], "per_lang": res["per_lang"]}
     log("eval", f"hybrid: BM25 and {best}, weight {w:.1f} on the dense side (chosen on dev)")
@@ -143,7 +142,7 @@ def encode_only(ckpt, ds, split, run_path, k, makers=None):
     tag = "_".join(os.path.basename(ckpt).split())  # a TREC run's tag is one word
     try:
         if dist.is_main():
-            search.write_trec(run_path, qids, ds.pids, scores.cpu(), ids.cpu(), tag)
+            evaluate.write_trec(run_path, qids, ds.pids, scores.cpu(), ids.cpu(), tag)
     except OSError as e:
         raise Stop(f"{run_path}: cannot write ({e.strerror}) (--run)") from None
     print(f"wrote {run_path}")

@@ -1,14 +1,13 @@
-"""Exact dense retrieval for evaluation and hard negatives: maximum inner product top-k, TREC run files (BM25, the
-lexical retriever, is bm25.py, on this file's select_topk).
+"""Exact dense retrieval for evaluation and hard negatives: maximum inner product top-k, and a CLI that writes it as
+a TREC run (evaluate.write_trec). BM25, the lexical retriever, is bm25.py, on this file's select_topk.
 
     scores, ids = exact_topk(q, p, k=100)            # q [Q, d], p [N, d] float32, CPU or CUDA -> [Q, k], [Q, k]
-    write_trec("run.trec", qids, pids, scores, ids, tag="de")
 
     python search.py --queries Q.npy --passages P.npy --qids qids.txt --pids pids.txt --k 100 --out run.trec
 
 Every top-k here is exact and deterministic: rows sorted by score descending, ties broken by the lower passage row
 first (the order of sorting on (-score, id)). Dense scores are exact too: each is the float32 nearest the exact
-inner product (pair_scores), so results do not depend on block sizes, thread counts, the first pass's precision or
+inner product (_row_scores), so results do not depend on block sizes, thread counts, the first pass's precision or
 the device. (A float32 matmul's last bits do: MKL picks its kernel by shape, e.g. for d = 1024 on 2 threads.)
 
 Dense search (topk_threshold) walks the passages block by block, never holding a Q x N score matrix:
@@ -29,13 +28,14 @@ H super-groups.
 """
 import argparse
 import math
-import os
 import sys
 import time
 from fractions import Fraction
 
 import numpy as np
 import torch
+
+import evaluate
 
 
 # ----------------------------------------------------------------------------- tie-exact selection
@@ -62,27 +62,6 @@ def select_topk(s, k):
     return vals, cols.gather(1, order)
 
 
-def top_of(key, v, Qb, k):
-    """The tie-exact top k of each query among pairs key = passage id * Qb + query row with scores v (1-D, not NaN)
-    -> (scores [Qb, k], ids [Qb, k]) in the order (score descending, id ascending), padded with -inf / -1 where a
-    query has fewer than k pairs. One sort by key (ids ascending within each query), then one stable sort by
-    (query, score), the float32 scores through an order-preserving integer image of their bits."""
-    o = torch.argsort(key)
-    key, v = key[o], v[o] + 0.0                                              # -0.0 -> 0.0: equal scores, equal bits
-    b = v.view(torch.int32)
-    b = (b ^ ((b >> 31) & 0x7FFFFFFF)).long()                                # increasing with v
-    row = key % Qb
-    o = torch.argsort(row * (1 << 33) - b, stable=True)                      # query ascending, score descending
-    key, v, row = key[o], v[o], row[o]
-    counts = torch.bincount(row, minlength=Qb)
-    rank = torch.arange(len(key), device=key.device) - (counts.cumsum(0) - counts)[row]
-    ok = rank < k
-    out_v = torch.full((Qb, k), -math.inf, device=v.device)
-    out_i = torch.full((Qb, k), -1, dtype=torch.long, device=v.device)
-    out_v[row[ok], rank[ok]], out_i[row[ok], rank[ok]] = v[ok], key[ok] // Qb
-    return out_v, out_i
-
-
 # ----------------------------------------------------------------------------- exact scores
 U32, UBF = 2.0 ** -24, 2.0 ** -8  # unit roundoff of float32 and of bfloat16 (round to nearest): |x - fl(x)| <= u |x|
 
@@ -90,7 +69,7 @@ U32, UBF = 2.0 ** -24, 2.0 ** -8  # unit roundoff of float32 and of bfloat16 (ro
 def _f32_nearest(a, b):
     """The float32 nearest the exact inner product of float32 vectors a, b (ties to the even bit pattern), in exact
     integer arithmetic: every float32 is a multiple of 2^-149, so T = sum (a_i 2^149)(b_i 2^149) is an integer and
-    the product is T 2^-298. Slow (about 1 us a dimension), for the rare pairs pair_scores cannot settle otherwise."""
+    the product is T 2^-298. Slow (about 1 us a dimension), for the rare pairs _row_scores cannot settle otherwise."""
     x = Fraction(sum(int(u * 2.0 ** 149) * int(v * 2.0 ** 149) for u, v in zip(a.tolist(), b.tolist())), 2 ** 298)
     f = np.float32(x.numerator / x.denominator)  # correctly rounded to float64, then float32: within one step
     near = [np.nextafter(f, np.float32(-np.inf)), f, np.nextafter(f, np.float32(np.inf))]
@@ -158,20 +137,6 @@ def _by_row(row, R):
     return pos, col < n[:, None]
 
 
-def pair_scores(q, p, qi, pi, chunk=None):
-    """Correctly rounded inner products of pairs: q [Q, d], p [N, d] float32, qi, pi [P] rows -> [P] float32, the
-    float32 nearest the exact real q[qi] . p[pi] (ties to even), by _row_scores on the pairs grouped by query."""
-    out = torch.empty(len(qi), device=q.device)
-    if not len(qi):
-        return out
-    order = torch.argsort(qi, stable=True)
-    pos, valid = _by_row(qi, len(q))
-    rows = valid[:, 0].nonzero().flatten()                                   # queries with pairs
-    pos, valid = pos[rows], valid[rows]
-    out[order[pos[valid]]] = _row_scores(q[rows], p, pi[order][pos], chunk=chunk)[valid]
-    return out
-
-
 # ----------------------------------------------------------------------------- first-pass error bounds
 def _norm_bound(x):
     """Upper bounds of the rows' Euclidean norms [R] float64 (the float32 norm, raised past its rounding error).
@@ -193,7 +158,7 @@ def _fp32_matmul_is_ieee(device):
 
 def _error_bound(qa, ql, qn, pmax, precision):
     """(A [Qb] float64, B): |s_hat - c| <= A + B |s_hat| for every passage p with |p| <= pmax, where s_hat is the
-    first pass's score of q . p and c the returned one (pair_scores). With s the exact q . p and |q| <= qn [Qb]:
+    first pass's score of q . p and c the returned one (_row_scores). With s the exact q . p and |q| <= qn [Qb]:
       c:      |c - s| <= U32 |s| <= U32 qn pmax                                           (one rounding of s)
       fp32:   |s_hat - s| <= gamma sum |q_i p_i| <= gamma qn pmax (Cauchy-Schwarz), gamma = 2d U32 / (1 - 2d U32):
               twice the bound for any summation order of d products, with FMA or without (Higham eq. 3.5); B = 0.
@@ -438,7 +403,7 @@ def exact_topk(q, p, k, precision="auto", q_block=None, p_block=None):
     """Exact maximum inner product top-k: q [Q, d], p [N, d] float32 on one device -> (scores [Q, k] float32,
     ids [Q, k] int64), rows sorted by score descending, ties to the lower passage row. 1 <= k <= N, else ValueError.
 
-    Scores are the correctly rounded float32 of the exact inner products (pair_scores). precision is the first
+    Scores are the correctly rounded float32 of the exact inner products (_row_scores). precision is the first
     pass's: 'fp32', 'bf16' (a fraction of the matmul time on CPUs with AVX512_BF16 or AMX, and on GPUs) or 'auto' =
     bf16 where that is fast and there are at least 64 queries and 64 k passages, else fp32. Every choice returns the
     same tensors; block sizes follow the shapes and the device (q_block, p_block override them).
@@ -448,33 +413,6 @@ def exact_topk(q, p, k, precision="auto", q_block=None, p_block=None):
         big = len(q) >= 64 and len(p) >= 64 * k
         precision = "bf16" if big and _bf16_is_fast(q.device) else "fp32"
     return topk_threshold(q, p, k, precision, q_block, p_block)
-
-
-# ----------------------------------------------------------------------------- TREC runs
-def write_trec(path, qids, pids, scores, ids, tag):
-    """Write a TREC run: one line `qid Q0 docid rank score tag` per result, rank from 1 in row order.
-
-    qids: Q query ids; pids: passage row -> id; scores, ids [Q, k] (tensors or arrays, e.g. from exact_topk). Entries
-    with id < 0 (padding, such as BM25 zeros masked by the caller) are skipped. Scores are written with 9
-    significant digits (float32 round-trips). Written to path + '.tmp', then os.replace: never half-written.
-    """
-    scores, ids = torch.as_tensor(scores).tolist(), torch.as_tensor(ids).tolist()
-    if len(qids) != len(ids) or len(scores) != len(ids):
-        raise ValueError(f"write_trec: {len(qids)} qids but scores/ids of {len(scores)}/{len(ids)} rows")
-    tmp = f"{path}.tmp"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            for qid, row_s, row_i in zip(qids, scores, ids):
-                row = [(pids[i], s) for s, i in zip(row_s, row_i) if i >= 0]
-                for rank, (pid, s) in enumerate(row, 1):
-                    line = f"{qid} Q0 {pid} {rank} {s:.9g} {tag}\n"
-                    if len(line.split()) != 6:
-                        raise ValueError(f"write_trec: an id or the tag is empty or has whitespace: {line!r}")
-                    f.write(line)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -548,7 +486,7 @@ def main(argv=None):
         t0 = time.perf_counter()
         scores, ids = exact_topk(q, p, args.k, args.precision)
         t = time.perf_counter() - t0
-        write_trec(args.out, qids, pids, scores, ids, args.tag)
+        evaluate.write_trec(args.out, qids, pids, scores, ids, args.tag)
     except (OSError, ValueError) as e:  # InputError and any other bad-input ValueError
         print(f"error: {e}", file=sys.stderr)
         return 1

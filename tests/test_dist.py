@@ -3,6 +3,7 @@ sharded exact search equal to search.exact_topk (ties included), the gathered co
 one-process one, DE steps on 2 ranks equal to 1 process, the micro pipeline on 2 ranks writing what 1 process
 writes, and a killed 2-rank run resuming to the weights of an uninterrupted one."""
 import json
+import math
 import os
 import signal
 import socket
@@ -86,6 +87,18 @@ def spawned(micro, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("spawned"))
     mp.spawn(worker, args=(free_port(), out, micro), nprocs=2)
     return out, [torch.load(os.path.join(out, f"rank{r}.pt"), weights_only=True) for r in range(2)]
+
+
+def test_top_of_hand_worked():
+    """Pairs key = id * Qb + row in any order: per query the k best by (score descending, id ascending); -0.0 ties
+    with 0.0; a query with fewer than k pairs is padded with -inf / -1."""
+    Qb = 3
+    pairs = [(7, 0, 1.0), (2, 0, 5.0), (4, 0, 1.0), (9, 0, -2.0), (1, 0, 1.0),   # (id, row, score)
+             (5, 1, -0.0), (3, 1, 0.0), (8, 1, -1e-30), (6, 1, 2.5)]
+    key = torch.tensor([i * Qb + r for i, r, _ in pairs])
+    s, i = dist.top_of(key, torch.tensor([v for _, _, v in pairs]), Qb, 4)
+    assert i.tolist() == [[2, 1, 4, 7], [6, 3, 5, 8], [-1, -1, -1, -1]]
+    assert s[0].tolist() == [5.0, 1.0, 1.0, 1.0] and s[1, 0] == 2.5 and s[2].eq(-math.inf).all()
 
 
 def test_sharded_search_equals_exact_topk(spawned):

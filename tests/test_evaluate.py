@@ -1,11 +1,13 @@
 """evaluate.py: every metric against values worked out by hand (trec_eval's tie order, graded relevance, a query
-missing from the run, one with no relevant document), answer recall with truncation, strict readers, the CLI."""
+missing from the run, one with no relevant document), answer recall with truncation, strict readers, the run
+writer, the CLI."""
 import json
 import math
 import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import evaluate as E
@@ -204,6 +206,22 @@ def test_cli_json_and_table(tmp_path):
     assert got["all"]["map"] == pytest.approx(sum(EXPECTED["map"]) / 3)
     r = cli("--qrels", qrels, "--run", run, "--metrics", "map,ndcg@3")
     assert r.returncode == 0 and r.stdout.split()[:3] == ["map", "ndcg@3", "all"]
+
+
+def test_write_trec_round_trip(tmp_path):
+    path = tmp_path / "run.trec"
+    scores = np.array([[2.5, 1.0, 1.0], [0.123456789, -3.0, 0.0]], dtype=np.float32)
+    ids = np.array([[2, 0, 1], [1, 2, -1]])  # -1: a padded entry, skipped
+    E.write_trec(path, ["qa", "qb"], ["p0", "p1", "p2"], scores, ids, tag="t")
+    lines = path.read_text().splitlines()
+    assert lines[0] == "qa Q0 p2 1 2.5 t" and len(lines) == 5 and lines[-1].startswith("qb Q0 p2 2 -3 ")
+    run = E.read_run(path)
+    assert run["qa"] == {"p2": 2.5, "p0": 1.0, "p1": 1.0} and run["qb"].keys() == {"p1", "p2"}
+    assert np.float32(run["qb"]["p1"]) == scores[1, 0]  # 9 digits give back the float32 exactly
+    assert os.listdir(tmp_path) == ["run.trec"]  # no temp file left
+    with pytest.raises(ValueError, match="whitespace"):
+        E.write_trec(tmp_path / "bad.trec", ["q a", "qb"], ["p0", "p1", "p2"], scores, ids, tag="t")
+    assert sorted(os.listdir(tmp_path)) == ["run.trec"]
 
 
 @pytest.mark.parametrize("run_text,metrics,message", [

@@ -1,8 +1,7 @@
 """search.py: every dense path and first-pass precision against a brute-force sort of exact scores (ties and
 near-ties included), exact scores against fractions, the error bounds against the matmul torch runs, BM25 against a
-per-pair loop, TREC writing (round trip through evaluate.read_run) and the CLI's error lines."""
+per-pair loop and the CLI's run and error lines."""
 import math
-import os
 import random
 from collections import Counter
 from fractions import Fraction
@@ -11,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-import evaluate
 import bm25
 import search
 
@@ -203,6 +201,11 @@ def test_norm_bound_under_and_overflow():
     assert all(w <= b <= w * (1 + 1e-5) for w, b in zip(want, n)), n
 
 
+def pair_scores(q, p, qi, pi, **kw):
+    """_row_scores with one pair a row: the correctly rounded q[qi] . p[pi] [P]."""
+    return search._row_scores(q[qi], p, pi[:, None], **kw)[:, 0]
+
+
 def test_pair_scores_tiny_vectors_round_correctly():
     """Hand-worked: a = 2^-53 (1 + 2^-17), c = -2^-52 (1 + 2^-16); 1 + 2^-24 + a + a + c = 1 + 2^-24 - 2^-69 lies
     below the midpoint 1 + 2^-24, so it rounds to 1, but a float64 sum from the left rounds up to 1 + 2^-24 + 2^-52.
@@ -211,7 +214,7 @@ def test_pair_scores_tiny_vectors_round_correctly():
     q = torch.tensor([[1.0, 2.0 ** -24, a, a, c]])
     for scale in (1.0, 2.0 ** -100):
         p = torch.full((1, 5), scale)
-        assert search.pair_scores(q, p, torch.tensor([0]), torch.tensor([0])).item() == scale
+        assert pair_scores(q, p, torch.tensor([0]), torch.tensor([0])).item() == scale
         assert float(fraction_f32(q[0], p[0])) == scale
 
 
@@ -307,23 +310,28 @@ def test_pair_scores_round_correctly():
     # though a float64 sum cannot see it (1 + 2^-24 + 2^-80 needs 81 bits); likewise for negative scores
     q = torch.tensor([[1.0, 2.0 ** -24, 2.0 ** -80], [-1.0, -(2.0 ** -24), -(2.0 ** -80)]])
     p = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
-    s = search.pair_scores(q, p, torch.tensor([0, 0, 1, 1]), torch.tensor([0, 1, 0, 1]))
+    s = pair_scores(q, p, torch.tensor([0, 0, 1, 1]), torch.tensor([0, 1, 0, 1]))
     assert s.tolist() == [1.0, 1 + 2.0 ** -23, -1.0, -(1 + 2.0 ** -23)]
     # random pairs with mixed magnitudes against fractions, in any order of pairs
     g = torch.Generator().manual_seed(8)
     q = torch.randn(7, 6, generator=g) * 2.0 ** torch.randint(-30, 30, (7, 6), generator=g)
     p = torch.randn(40, 6, generator=g) * 2.0 ** torch.randint(-30, 30, (40, 6), generator=g)
     qi, pi = torch.randint(0, 7, (300,), generator=g), torch.randint(0, 40, (300,), generator=g)
-    s = search.pair_scores(q, p, qi, pi, chunk=64)
+    s = pair_scores(q, p, qi, pi, chunk=64)
     assert s.tolist() == [float(fraction_f32(q[a], p[b])) for a, b in zip(qi.tolist(), pi.tolist())]
-    assert search.pair_scores(q, p, qi[:0], pi[:0]).shape == (0,)
+    assert pair_scores(q, p, qi[:0], pi[:0]).shape == (0,)
+    # rows of passages as _exact_top asks: norm bounds given, only the first n[r] columns (n descending), small chunks
+    ids, n = pi[:63].view(7, 9), torch.tensor([9, 9, 7, 4, 4, 1, 0])
+    s = search._row_scores(q, p, ids, search._norm_bound(p), n, chunk=6 * 9)
+    for r in range(7):
+        assert s[r, :n[r]].tolist() == [float(fraction_f32(q[r], p[b])) for b in ids[r, :n[r]].tolist()]
 
 
 def test_pair_scores_settle_orthogonal_pairs_without_fractions(monkeypatch):
     """Exact zeros (disjoint supports) are settled by the sum |q_i p_i| = 0 bound, not the slow exact sum."""
     monkeypatch.setattr(search, "_f32_nearest", lambda a, b: pytest.fail("slow path used"))
     q, p = torch.eye(64)[:10] * 3, torch.eye(64)
-    s = search.pair_scores(q, p, torch.arange(10).repeat_interleave(64), torch.arange(64).repeat(10))
+    s = pair_scores(q, p, torch.arange(10).repeat_interleave(64), torch.arange(64).repeat(10))
     assert s.view(10, 64).equal(torch.eye(64)[:10] * 3)
 
 
@@ -435,18 +443,6 @@ def test_auto_precision(monkeypatch):
     assert seen == ["bf16", "fp32", "fp32", "fp32"]  # bf16 only with >= 64 queries, >= 64 k passages, fast bf16
 
 
-def test_top_of_hand_worked():
-    """Pairs key = id * Qb + row in any order: per query the k best by (score descending, id ascending); -0.0 ties
-    with 0.0; a query with fewer than k pairs is padded with -inf / -1."""
-    Qb = 3
-    pairs = [(7, 0, 1.0), (2, 0, 5.0), (4, 0, 1.0), (9, 0, -2.0), (1, 0, 1.0),   # (id, row, score)
-             (5, 1, -0.0), (3, 1, 0.0), (8, 1, -1e-30), (6, 1, 2.5)]
-    key = torch.tensor([i * Qb + r for i, r, _ in pairs])
-    s, i = search.top_of(key, torch.tensor([v for _, _, v in pairs]), Qb, 4)
-    assert i.tolist() == [[2, 1, 4, 7], [6, 3, 5, 8], [-1, -1, -1, -1]]
-    assert s[0].tolist() == [5.0, 1.0, 1.0, 1.0] and s[1, 0] == 2.5 and s[2].eq(-math.inf).all()
-
-
 def test_select_topk_ties_go_to_lower_columns():
     s = torch.tensor([[1.0, 3.0, 3.0, 2.0, 3.0, 3.0],
                       [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]])
@@ -542,23 +538,7 @@ def test_bm25_errors():
         bm.search([[1]], 3)
 
 
-# ---------------------------------------------------------------- TREC runs and the CLI
-def test_write_trec_round_trip(tmp_path):
-    path = tmp_path / "run.trec"
-    scores = torch.tensor([[2.5, 1.0, 1.0], [0.123456789, -3.0, 0.0]])
-    ids = torch.tensor([[2, 0, 1], [1, 2, -1]])  # -1: a padded entry, skipped
-    search.write_trec(path, ["qa", "qb"], ["p0", "p1", "p2"], scores, ids, tag="t")
-    lines = path.read_text().splitlines()
-    assert lines[0] == "qa Q0 p2 1 2.5 t" and len(lines) == 5 and lines[-1].startswith("qb Q0 p2 2 -3 ")
-    run = evaluate.read_run(path)
-    assert run["qa"] == {"p2": 2.5, "p0": 1.0, "p1": 1.0} and run["qb"].keys() == {"p1", "p2"}
-    assert np.float32(run["qb"]["p1"]) == scores[1, 0].item()  # 9 digits give back the float32 exactly
-    assert os.listdir(tmp_path) == ["run.trec"]  # no temp file left
-    with pytest.raises(ValueError, match="whitespace"):
-        search.write_trec(tmp_path / "bad.trec", ["q a", "qb"], ["p0", "p1", "p2"], scores, ids, tag="t")
-    assert sorted(os.listdir(tmp_path)) == ["run.trec"]
-
-
+# ---------------------------------------------------------------- the CLI
 def write_inputs(tmp_path, Q=3, N=20, d=4):
     q, p = dyadic(Q, d, seed=7).numpy(), dyadic(N, d, seed=8).numpy()
     np.save(tmp_path / "q.npy", q)
