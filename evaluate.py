@@ -135,11 +135,12 @@ def read_run(path):
 def write_trec(path, qids, pids, scores, ids, tag):
     """Write a TREC run: one line `qid Q0 docid rank score tag` per result, rank from 1 in row order.
 
-    qids: Q query ids; pids: passage row -> id; scores, ids [Q, k] (arrays or CPU tensors, e.g. from
-    search.exact_topk). Entries with id < 0 (padding, such as BM25 zeros masked by the caller) are skipped. Scores are written with 9
-    significant digits (float32 round-trips). Written to path + '.tmp', then os.replace: never half-written.
+    qids: Q query ids; pids: passage row -> id; scores, ids [Q, k] (lists, arrays or CPU tensors, e.g. from
+    search.exact_topk). Entries with id < 0 (padding, such as BM25 zeros masked by the caller) are skipped. Scores
+    are taken as float32 and written with 9 significant digits, which give that float32 back. Written to
+    path + '.tmp', then os.replace: never half-written.
     """
-    scores, ids = np.asarray(scores).tolist(), np.asarray(ids).tolist()
+    scores, ids = np.asarray(scores, dtype=np.float32).tolist(), np.asarray(ids).tolist()
     if len(qids) != len(ids) or len(scores) != len(ids):
         raise ValueError(f"write_trec: {len(qids)} qids but scores/ids of {len(scores)}/{len(ids)} rows")
     tmp = f"{path}.tmp"

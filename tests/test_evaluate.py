@@ -219,6 +219,8 @@ def test_write_trec_round_trip(tmp_path):
     assert run["qa"] == {"p2": 2.5, "p0": 1.0, "p1": 1.0} and run["qb"].keys() == {"p1", "p2"}
     assert np.float32(run["qb"]["p1"]) == scores[1, 0]  # 9 digits give back the float32 exactly
     assert os.listdir(tmp_path) == ["run.trec"]  # no temp file left
+    E.write_trec(path, ["q"], ["p0"], [[0.8]], [[0]], tag="t")  # Python floats are taken as float32 as well
+    assert path.read_text() == "q Q0 p0 1 0.800000012 t\n"
     with pytest.raises(ValueError, match="whitespace"):
         E.write_trec(tmp_path / "bad.trec", ["q a", "qb"], ["p0", "p1", "p2"], scores, ids, tag="t")
     assert sorted(os.listdir(tmp_path)) == ["run.trec"]
