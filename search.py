@@ -301,9 +301,9 @@ def topk_threshold(q, p, k, precision="fp32", q_block=None, p_block=None, group=
             raise ValueError(f"exact_topk: {name} = {v} must be at least 1 (or None: chosen from the shapes)")
     N, dev = len(p), q.device
     G = max(1, min(group, N // k))                                               # so that N / G >= k
-    pn = _norm_bound(p)                                                          # bounds of every |p|  [N]
+    pn, qn_all = _norm_bound(p), _norm_bound(q)                                  # bounds of every |p|, |q|
     pmax = float(pn.max())
-    if precision == "bf16" and not (pmax < 2.0 ** 127 and bool((_norm_bound(q) < 2.0 ** 127).all())):
+    if precision == "bf16" and not (pmax < 2.0 ** 127 and bool((qn_all < 2.0 ** 127).all())):
         precision = "fp32"  # entries may round to inf in bfloat16 (only with |q| or |p| >= 2^127, the other tiny)
     dt = torch.bfloat16 if precision == "bf16" else torch.float32
     qb = max(1, q_block or min(len(q), 1024, (1 << 28) // (-(-N // G) * dt.itemsize)))  # M under 256 MiB
@@ -313,7 +313,7 @@ def topk_threshold(q, p, k, precision="fp32", q_block=None, p_block=None, group=
     out_s, out_i = torch.empty(len(q), k, device=dev), torch.empty(len(q), k, dtype=torch.long, device=dev)
     for a in range(0, len(q), qb):
         qa = q[a:a + qb]                                                         # [Qb, d]
-        Qb, ql, qn = len(qa), qa.to(dt), _norm_bound(qa)
+        Qb, ql, qn = len(qa), qa.to(dt), qn_all[a:a + qb]
         if not float(qn.max()) * pmax < 2.0 ** 100:  # also catches inf and NaN
             raise ValueError("exact_topk: q and p must be finite, with |q| |p| < 2^100 for every pair")
         A, B = _error_bound(qa, ql, qn, pmax, precision)
